@@ -1,0 +1,161 @@
+"""`explain`: the one call that turns (model, input, target) into an `Explanation`."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+
+from .architectures import architecture_of
+from .explanation import Explanation
+from .methods import METHODS, Query, resolve_method
+
+
+def explain(
+    model,
+    input_ids,
+    target=None,
+    method: str = "mambalrp",
+    position: int = -1,
+    attention_mask=None,
+    tokenizer=None,
+    contrast=None,
+    *,
+    backend: str = "auto",
+    chunk_size: int | None = None,
+    checkpoint: bool | None = None,
+    **method_kwargs,
+) -> Explanation:
+    """Relevance of every input token for the logit `target` at `position`.
+
+    input_ids: LongTensor [B, T], a list of ints, a string or a list of strings (with `tokenizer`;
+        several strings are left-padded). target: None (argmax), an int, a token string (with
+        `tokenizer`), or one per sample. contrast: explain logit[target] - logit[contrast].
+    method: see `list_methods()`; `method_kwargs` go to it (e.g. `rules={"ssm": False}`).
+    backend: "auto" (mamba-ssm kernels on a GPU when installed, else PyTorch), "torch" or "cuda".
+    checkpoint: recompute each layer in backward (default: on above 4,096 tokens).
+    The model is run in eval mode and left exactly as it was.
+    """
+    architecture_of(model)  # TypeError for unsupported models, before any work
+    name = resolve_method(method)
+    ids, mask = _as_batch(input_ids, attention_mask, tokenizer)
+    device = next(model.parameters()).device
+    n_out = model.get_output_embeddings().weight.shape[0]
+    vocab = model.get_input_embeddings().weight.shape[0]
+    _check_ids(ids, vocab)
+    _check_position(position, ids.shape[1])
+    tgt = _as_index(target, ids.shape[0], n_out, tokenizer, "target")
+    con = _as_index(contrast, ids.shape[0], n_out, tokenizer, "contrast")
+
+    query = Query(
+        model, ids.to(device), None if mask is None else mask.to(device), None if tgt is None else tgt.to(device),
+        None if con is None else con.to(device), position, backend, chunk_size, checkpoint,
+    )
+    with _eval_mode(model):
+        relevance = METHODS[name](query, **method_kwargs)
+        if query.logit is None:
+            query.resolve()
+    relevance = relevance.detach().float().cpu()
+    if mask is not None:
+        relevance = relevance * mask.to(relevance.dtype)  # exact zeros on padding for every method
+    return Explanation(
+        relevance=relevance,
+        logit=query.logit,
+        target=query.target.cpu(),
+        method=name,
+        input_ids=ids,
+        attention_mask=mask,
+        contrast=None if con is None else con.cpu(),
+        position=position,
+        tokens=[tokenizer.convert_ids_to_tokens(row) for row in ids.tolist()] if tokenizer else None,
+        params={k: v for k, v in method_kwargs.items() if isinstance(v, (int, float, str, bool, dict, type(None)))},
+    )
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    """Run in eval mode (transformers' training path is fused), then restore every module's flag."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _as_batch(input_ids, attention_mask, tokenizer):
+    """-> (ids LongTensor [B, T], mask LongTensor [B, T] or None); strings are left-padded."""
+    if isinstance(input_ids, str) or (
+        isinstance(input_ids, Sequence) and input_ids and all(isinstance(s, str) for s in input_ids)
+    ):
+        if tokenizer is None:
+            raise ValueError("input is text: pass tokenizer= (e.g. the one load_model returned)")
+        texts = [input_ids] if isinstance(input_ids, str) else list(input_ids)
+        rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        if any(len(r) == 0 for r in rows):
+            raise ValueError("a text tokenized to an empty sequence; nothing to explain")
+        width = max(len(r) for r in rows)
+        pad = next((p for p in (tokenizer.pad_token_id, tokenizer.eos_token_id) if p is not None), 0)
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        if attention_mask is not None:
+            raise ValueError("attention_mask is built from the texts; pass token ids to give your own")
+        return ids, (None if bool(mask.all()) else mask)
+    try:
+        ids = torch.as_tensor(input_ids)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"input_ids must be a LongTensor [batch, seq_len], a list of ints or text: {err}") from None
+    if ids.dim() == 1:
+        ids = ids.unsqueeze(0)
+    if ids.dim() != 2 or ids.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool):
+        raise ValueError(f"input_ids must be integer token ids of shape [batch, seq_len], got {tuple(ids.shape)} {ids.dtype}")
+    if ids.numel() == 0:
+        raise ValueError(f"empty input (shape {tuple(ids.shape)}); nothing to explain")
+    ids = ids.long().cpu()
+    mask = None
+    if attention_mask is not None:
+        mask = torch.as_tensor(attention_mask).long().cpu()
+        if mask.dim() == 1:
+            mask = mask.unsqueeze(0)
+        if mask.shape != ids.shape:
+            raise ValueError(f"attention_mask shape {tuple(mask.shape)} does not match input_ids {tuple(ids.shape)}")
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+        if bool((mask.sum(-1) == 0).any()):
+            raise ValueError("a sample is all padding; nothing to explain")
+    return ids, mask
+
+
+def _check_ids(ids, vocab):
+    bad = (ids < 0) | (ids >= vocab)
+    if bool(bad.any()):
+        raise ValueError(f"token id {int(ids[bad][0])} is outside the model's vocabulary [0, {vocab})")
+
+
+def _check_position(position, seq_len):
+    if not isinstance(position, int) or not -seq_len <= position < seq_len:
+        raise ValueError(f"position must be an int in [{-seq_len}, {seq_len}), got {position!r}")
+
+
+def _as_index(value, batch, n_out, tokenizer, what):
+    """target/contrast -> LongTensor [batch] (or None), checked against the number of outputs."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if tokenizer is None:
+            raise ValueError(f"{what} {value!r} is text: pass tokenizer=")
+        ids = tokenizer(value, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"{what} {value!r} is {len(ids)} tokens; give one token (or its id)")
+        value = ids[0]
+    idx = torch.as_tensor(value).long().flatten().cpu()
+    if idx.numel() == 1:
+        idx = idx.expand(batch).clone()
+    if idx.numel() != batch:
+        raise ValueError(f"{idx.numel()} {what}s for a batch of {batch}; give one per sample or a single one")
+    bad = (idx < 0) | (idx >= n_out)
+    if bool(bad.any()):
+        raise ValueError(f"{what} {int(idx[bad][0])} is out of range: the model has {n_out} outputs")
+    return idx

@@ -1,0 +1,108 @@
+"""Mamba-1 and FalconMamba (transformers' `MambaMixer`, `FalconMambaMixer`) with the MambaLRP rules.
+
+One replacement forward per module kind (norm, mixer, block), installed per instance by
+`architectures.patched`. The values equal transformers' forward to float tolerance; only the
+gradient flow changes where a rule is on. Everything is computed in float32, whatever the model's
+dtype, so relevance of fp16/bf16 models is as precise as for fp32 ones.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .. import rules as R
+from ..backends import Backend
+
+
+def norm_forward(norm, rules: R.Rules):
+    """Replacement for `MambaRMSNorm.forward` / `FalconMambaRMSNorm.forward` (norm rule)."""
+
+    def forward(hidden_states):
+        return R.rms_norm(hidden_states, norm.weight, norm.variance_epsilon, rules.norm)
+
+    return forward
+
+
+def _mask(x, attention_mask):
+    """Zero padded positions (x: [b, T, ...]), as transformers does before and after the conv."""
+    return x if attention_mask is None else x * attention_mask[:, :, None].to(x.dtype)
+
+
+def ssm_inputs(delta, B, C, rules: R.Rules):
+    """The ssm rule: with delta, B and C constant the scan (and so exp(delta A)) is linear in u."""
+    if rules.ssm:
+        return delta.detach(), B.detach(), C.detach()
+    return delta, B, C
+
+
+def mixer_core(mixer, hidden_states, attention_mask, rules: R.Rules, backend: Backend):
+    """The selective SSM block of one layer: [b, T, hidden] -> [b, T, hidden], in float32."""
+    w = lambda p: None if p is None else p.float()  # noqa: E731  (no-op for fp32 weights)
+    seq_len = hidden_states.shape[1]
+    x = _mask(hidden_states.float(), attention_mask)
+    projected = F.linear(x, w(mixer.in_proj.weight), w(mixer.in_proj.bias)).transpose(1, 2)
+    xs, z = projected.chunk(2, dim=1)  # [b, d_inner, T] each
+
+    conv = backend.conv1d(xs, w(mixer.conv1d.weight), w(mixer.conv1d.bias))[..., :seq_len]
+    u = R.silu(conv, rules.silu)
+    u = _mask(u.transpose(1, 2), attention_mask)  # [b, T, d_inner]
+
+    dt, B, C = torch.split(
+        F.linear(u, w(mixer.x_proj.weight)),
+        [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size],
+        dim=-1,
+    )
+    if hasattr(mixer, "b_layernorm"):  # FalconMamba: weightless RMS norms on dt, B and C
+        dt, B, C = (R.rms_norm(t, None, mixer.rms_eps, rules.norm) for t in (dt, B, C))
+    delta = F.softplus(w(mixer.dt_proj.weight) @ dt.transpose(1, 2) + w(mixer.dt_proj.bias)[:, None])
+    A = -torch.exp(mixer.A_log.float())
+    delta, B, C = ssm_inputs(delta, B.transpose(1, 2), C.transpose(1, 2), rules)
+
+    y = backend.scan(u.transpose(1, 2).contiguous(), delta.contiguous(), A, B.contiguous(), C.contiguous(), w(mixer.D))
+    g = R.gate(y, R.silu(z, rules.silu), rules.gate)
+    return F.linear(g.transpose(1, 2), w(mixer.out_proj.weight), w(mixer.out_proj.bias))
+
+
+def mixer_forward(mixer, rules: R.Rules, backend: Backend):
+    """Replacement for `MambaMixer.forward`; a cached (generation) call keeps transformers' path."""
+    original = type(mixer).forward
+
+    def forward(hidden_states, cache=None, attention_mask=None, cache_params=None, **kwargs):
+        cache = cache if cache is not None else cache_params
+        if cache is not None:
+            return original(mixer, hidden_states, cache, attention_mask=attention_mask, **kwargs)
+        return mixer_core(mixer, hidden_states, attention_mask, rules, backend)
+
+    return forward
+
+
+def block_forward(block, rules: R.Rules, backend: Backend, use_checkpoint: bool):
+    """Replacement for `MambaBlock.forward`: float32 residual stream, optional recomputation."""
+    original = type(block).forward
+
+    def layer(hidden_states, attention_mask):
+        return hidden_states + block.mixer(block.norm(hidden_states), attention_mask=attention_mask)
+
+    def forward(hidden_states, cache=None, attention_mask=None, cache_params=None, **kwargs):
+        cache = cache if cache is not None else cache_params
+        if cache is not None:
+            return original(block, hidden_states, cache, attention_mask=attention_mask, **kwargs)
+        hidden_states = hidden_states.float()
+        if use_checkpoint and torch.is_grad_enabled() and hidden_states.requires_grad:
+            # keep only the residual stream between layers; recompute a layer's inside in backward
+            return checkpoint(layer, hidden_states, attention_mask, use_reentrant=False)
+        return layer(hidden_states, attention_mask)
+
+    return forward
+
+
+def patches(model, rules: R.Rules, backend: Backend, use_checkpoint: bool):
+    """(module, replacement forward) for every module of a Mamba-1 / FalconMamba backbone."""
+    backbone = model.base_model
+    for block in backbone.layers:
+        yield block, block_forward(block, rules, backend, use_checkpoint)
+        yield block.norm, norm_forward(block.norm, rules)
+        yield block.mixer, mixer_forward(block.mixer, rules, backend)
+    yield backbone.norm_f, norm_forward(backbone.norm_f, rules)

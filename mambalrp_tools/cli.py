@@ -1,0 +1,36 @@
+"""Command line: `mambalrp-tools <command>`. Subcommands register themselves in `COMMANDS`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _explain(args):
+    from . import explain, load_model
+
+    model, tokenizer = load_model(args.model)
+    expl = explain(model, args.text, tokenizer=tokenizer, method=args.method)
+    for word, score in expl.to_words()[0]:
+        print(f"{score:+.4f}  {word}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mambalrp-tools", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("explain", help="print the relevance of each word of a text")
+    p.add_argument("--model", default="toy/needle")
+    p.add_argument("--method", default="mambalrp")
+    p.add_argument("text")
+    p.set_defaults(run=_explain)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    args.run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""What every attribution method receives (`Query`) and the registry that `explain` dispatches on.
+
+A method is a function `fn(query, **kwargs) -> Tensor[batch, seq_len]` registered with
+`@register("name", aliases=...)`. It runs the model through `query.patched(rules)` (the fast
+chunked-scan forward; rules off = the true gradient) and its objective `query.forward_func`, whose
+extra arguments `query.forward_args` Captum expands along the batch like the inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..architectures import lrp_mode
+from ..rules import Rules
+
+METHODS: dict[str, Callable] = {}
+ALIASES: dict[str, str] = {}
+
+
+def register(name: str, aliases: tuple[str, ...] = ()):
+    def wrap(fn):
+        METHODS[name] = fn
+        for alias in aliases:
+            ALIASES[alias] = name
+        return fn
+
+    return wrap
+
+
+def resolve_method(name: str) -> str:
+    canonical = ALIASES.get(name, name)
+    if canonical not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {list_methods()} (aliases {sorted(ALIASES)})")
+    return canonical
+
+
+def list_methods() -> list[str]:
+    """Names accepted by `explain(method=...)` (short aliases such as 'gi', 'ig' also work)."""
+    return sorted(METHODS)
+
+
+@dataclass
+class Query:
+    """A validated explanation request: which output f of which inputs to explain."""
+
+    model: torch.nn.Module
+    input_ids: torch.Tensor  # [B, T] on the model's device
+    attention_mask: torch.Tensor | None
+    target: torch.Tensor | None  # [B]; None = argmax at `position`, resolved by the first forward
+    contrast: torch.Tensor | None
+    position: int
+    backend: str = "auto"
+    chunk_size: int | None = None
+    checkpoint: bool | None = None
+    logit: torch.Tensor | None = field(default=None, init=False)  # f at the input, set by `resolve`
+
+    @property
+    def seq_len(self) -> int:
+        return self.input_ids.shape[1]
+
+    def patched(self, rules: Rules | dict | None):
+        opts = {} if self.chunk_size is None else {"chunk_size": self.chunk_size}
+        return lrp_mode(self.model, rules, backend=self.backend, checkpoint=self.checkpoint,
+                        seq_len=self.seq_len, **opts)
+
+    def embeddings(self) -> torch.Tensor:
+        """Input embeddings [B, T, H] in float32, detached."""
+        with torch.no_grad():
+            return self.model.get_input_embeddings()(self.input_ids).float()
+
+    @property
+    def forward_args(self) -> tuple:
+        return (self.attention_mask, self.target, self.contrast)
+
+    def head_logits(self, embeds, attention_mask) -> torch.Tensor:
+        """All output logits [B, V] at `position` (run inside `patched`)."""
+        out = self.model.base_model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
+        hidden = out.last_hidden_state[:, self.position].float()
+        head = self.model.get_output_embeddings()
+        bias = None if head.bias is None else head.bias.float()
+        return torch.nn.functional.linear(hidden, head.weight.float(), bias)
+
+    def forward_func(self, embeds, attention_mask=None, target=None, contrast=None) -> torch.Tensor:
+        """f [B] = logit[target] (- logit[contrast]) at `position`: the objective every method explains."""
+        logits = self.head_logits(embeds, attention_mask)
+        return _select(logits, target, contrast)
+
+    def resolve(self, rules: Rules | dict | None = None, grad: bool = False):
+        """One forward (under `rules`): fixes `target` if it was None, sets `logit`.
+
+        With grad=True returns (embeds, f) with f differentiable w.r.t. embeds.
+        """
+        embeds = self.embeddings().requires_grad_(grad)
+        with self.patched(rules), (contextlib.nullcontext() if grad else torch.no_grad()):
+            logits = self.head_logits(embeds, self.attention_mask)
+            if self.target is None:
+                self.target = logits.detach().argmax(-1)
+            f = _select(logits, self.target, self.contrast)
+        self.logit = f.detach().float().cpu()
+        return embeds, f
+
+    def gradient_x_input(self, rules: Rules | dict | None) -> torch.Tensor:
+        """sum_d e * df/de per token after one forward and one backward under `rules`."""
+        embeds, f = self.resolve(rules, grad=True)
+        with self.patched(rules):  # recomputation (checkpointing) in backward must see the same rules
+            (grad,) = torch.autograd.grad(f.sum(), embeds)
+        return (embeds * grad).sum(-1)
+
+
+def _select(logits, target, contrast):
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    f = logits[rows, target]
+    return f if contrast is None else f - logits[rows, contrast]
