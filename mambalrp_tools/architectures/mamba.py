@@ -37,32 +37,43 @@ def ssm_inputs(delta, B, C, rules: R.Rules):
     return delta, B, C
 
 
-def mixer_core(mixer, hidden_states, attention_mask, rules: R.Rules, backend: Backend):
-    """The selective SSM block of one layer: [b, T, hidden] -> [b, T, hidden], in float32."""
-    w = lambda p: None if p is None else p.float()  # noqa: E731  (no-op for fp32 weights)
+def _f32(p):
+    return None if p is None else p.float()  # no-op for fp32 weights
+
+
+def selective_parameters(mixer, hidden_states, attention_mask, rules: R.Rules, backend: Backend):
+    """Everything the scan of one layer consumes, in float32, with the silu, norm and ssm rules applied.
+
+    Returns u, delta [b, d_inner, T]; A [d_inner, n]; B, C [b, n, T]; D [d_inner]; z [b, d_inner, T]
+    (the gate's pre-activation). The hidden-attention baselines read the same quantities.
+    """
     seq_len = hidden_states.shape[1]
     x = _mask(hidden_states.float(), attention_mask)
-    projected = F.linear(x, w(mixer.in_proj.weight), w(mixer.in_proj.bias)).transpose(1, 2)
+    projected = F.linear(x, _f32(mixer.in_proj.weight), _f32(mixer.in_proj.bias)).transpose(1, 2)
     xs, z = projected.chunk(2, dim=1)  # [b, d_inner, T] each
 
-    conv = backend.conv1d(xs, w(mixer.conv1d.weight), w(mixer.conv1d.bias))[..., :seq_len]
-    u = R.silu(conv, rules.silu)
-    u = _mask(u.transpose(1, 2), attention_mask)  # [b, T, d_inner]
+    conv = backend.conv1d(xs, _f32(mixer.conv1d.weight), _f32(mixer.conv1d.bias))[..., :seq_len]
+    u = _mask(R.silu(conv, rules.silu).transpose(1, 2), attention_mask)  # [b, T, d_inner]
 
     dt, B, C = torch.split(
-        F.linear(u, w(mixer.x_proj.weight)),
+        F.linear(u, _f32(mixer.x_proj.weight)),
         [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size],
         dim=-1,
     )
     if hasattr(mixer, "b_layernorm"):  # FalconMamba: weightless RMS norms on dt, B and C
         dt, B, C = (R.rms_norm(t, None, mixer.rms_eps, rules.norm) for t in (dt, B, C))
-    delta = F.softplus(w(mixer.dt_proj.weight) @ dt.transpose(1, 2) + w(mixer.dt_proj.bias)[:, None])
+    delta = F.softplus(_f32(mixer.dt_proj.weight) @ dt.transpose(1, 2) + _f32(mixer.dt_proj.bias)[:, None])
     A = -torch.exp(mixer.A_log.float())
     delta, B, C = ssm_inputs(delta, B.transpose(1, 2), C.transpose(1, 2), rules)
+    return u.transpose(1, 2).contiguous(), delta.contiguous(), A, B.contiguous(), C.contiguous(), _f32(mixer.D), z
 
-    y = backend.scan(u.transpose(1, 2).contiguous(), delta.contiguous(), A, B.contiguous(), C.contiguous(), w(mixer.D))
+
+def mixer_core(mixer, hidden_states, attention_mask, rules: R.Rules, backend: Backend):
+    """The selective SSM block of one layer: [b, T, hidden] -> [b, T, hidden], in float32."""
+    u, delta, A, B, C, D, z = selective_parameters(mixer, hidden_states, attention_mask, rules, backend)
+    y = backend.scan(u, delta, A, B, C, D)
     g = R.gate(y, R.silu(z, rules.silu), rules.gate)
-    return F.linear(g.transpose(1, 2), w(mixer.out_proj.weight), w(mixer.out_proj.bias))
+    return F.linear(g.transpose(1, 2), _f32(mixer.out_proj.weight), _f32(mixer.out_proj.bias))
 
 
 def mixer_forward(mixer, rules: R.Rules, backend: Backend):
