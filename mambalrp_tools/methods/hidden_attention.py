@@ -1,0 +1,272 @@
+"""Mamba's hidden attention (Ali, Zimerman & Wolf 2024, arXiv 2403.01590) and the two baselines built on it.
+
+Unrolling the selective scan of one layer, channel d, gives y_t - D u_t = sum_{s<=t} alpha_d[t, s] u_s with
+
+    alpha_d[t, s] = sum_n C_t[n] * prod_{k=s+1..t} Abar_k[d, n] * Bbar_s[d, n],
+    Abar_k = exp(delta_k[d] A[d, n]),  Bbar_s = delta_s[d] B_s[n].
+
+The layer's hidden attention is alpha averaged over the channels d (signed: C . Bbar can be negative).
+
+How it is computed without O(T^3) loops or a [d_inner, T, T] tensor: with S_t = sum_{k<=t} delta_k
+(cumulative log-decay, kept in float64), prod_{k=s+1..t} Abar_k = exp(A (S_t - S_s)). For a tile of
+rows [t0, t1) and earlier columns s < t0 the product splits at the reference step r = t0 - 1 into
+exp(A (S_t - S_r)) * exp(A (S_r - S_s)), both exponents <= 0 (no overflow), so the channel-averaged
+tile is one matrix product over the flattened (d, n) axis:
+
+    alpha[t, s] = (1/d_inner) sum_{d,n} Q[t, d, n] K[s, d, n],
+    Q = C_t exp(A (S_t - S_r)),  K = delta_s B_s exp(A (S_r - S_s)).
+
+Diagonal tiles are split in halves recursively (their lower-left quarter is such a product) down to a
+few rows, which are computed directly. Temporaries are [batch, rows, d_inner, n] with `rows` chosen
+from a memory budget, so memory is O(T * block) for the attention rows and independent of T otherwise.
+
+`attention_rollout` and `mamba_attr` need only the explained row of a product of row-normalised
+matrices, so they push one row vector through the layers (last to first), one block of rows at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from .. import backends
+from ..architectures.mamba import selective_parameters
+from ..rules import Rules
+from .base import register
+
+#: elements per [batch, rows, d_inner, n] temporary (16 MiB in float32)
+BUDGET = 1 << 22
+#: diagonal tiles at most this many rows wide are computed directly
+LEAF = 16
+
+
+@dataclass
+class LayerSSM:
+    """What the hidden attention of one layer needs (shapes as `selective_parameters` returns them)."""
+
+    u: torch.Tensor  # [b, d, T]
+    delta: torch.Tensor  # [b, d, T]
+    A: torch.Tensor  # [d, n]
+    B: torch.Tensor  # [b, n, T]
+    C: torch.Tensor  # [b, n, T]
+    D: torch.Tensor  # [d]
+    mask: torch.Tensor | None = None  # [b, T]; columns of padded positions are zeroed
+
+    @classmethod
+    def of(cls, mixer, hidden_states, attention_mask=None) -> "LayerSSM":
+        """Parameters of `mixer` for its input `hidden_states` [b, T, hidden] (true values, float32)."""
+        backend = backends.resolve("torch", hidden_states.device)
+        with torch.no_grad():
+            u, delta, A, B, C, D, _ = selective_parameters(mixer, hidden_states, attention_mask, Rules.none(), backend)
+        return cls(u, delta, A, B, C, D, attention_mask)
+
+    def channels(self, index) -> "LayerSSM":
+        """The same layer restricted to channels `index` (a slice or index tensor); for per-channel checks."""
+        return LayerSSM(self.u[:, index], self.delta[:, index], self.A[index], self.B, self.C, self.D[index], self.mask)
+
+    def to(self, dtype) -> "LayerSSM":
+        return LayerSSM(*(t.to(dtype) for t in (self.u, self.delta, self.A, self.B, self.C, self.D)), self.mask)
+
+
+class _Tiler:
+    """Channel-averaged hidden attention of one layer, computed tile by tile."""
+
+    def __init__(self, layer: LayerSSM, budget: int = BUDGET, leaf: int = LEAF):
+        self.delta, self.A, self.B, self.C = layer.delta, layer.A, layer.B, layer.C
+        self.dtype = layer.delta.dtype
+        # float64: differences of a long cumulative sum keep their precision
+        self.S = layer.delta.double().cumsum(-1)
+        self.mask = layer.mask
+        b, d, _ = layer.delta.shape
+        self.d = d
+        self.rows_fit = max(1, budget // (b * d * self.A.shape[1]))  # rows per [b, rows, d, n] temporary
+        self.leaf = max(1, min(leaf, int(self.rows_fit**0.5)))  # a direct tile is [b, d, L, L, n]
+
+    def _decay(self, dS):
+        """exp(A * dS) for dS [b, d, L] >= 0 -> [b, L, d, n] (<= 1: never overflows)."""
+        return torch.exp(dS.to(self.dtype).transpose(1, 2).unsqueeze(-1) * self.A)
+
+    def queries(self, t0, t1, ref):
+        """Q[t] = C_t * exp(A (S_t - S_ref)) for rows [t0, t1): [b, L, d*n]."""
+        q = self._decay(self.S[:, :, t0:t1] - self.S[:, :, ref : ref + 1])
+        q = q * self.C[:, :, t0:t1].transpose(1, 2).unsqueeze(2)
+        return q.flatten(2)
+
+    def keys(self, s0, s1, ref):
+        """K[s] = delta_s B_s exp(A (S_ref - S_s)) for columns [s0, s1), s1 <= ref + 1: [b, L, d*n]."""
+        k = self._decay(self.S[:, :, ref : ref + 1] - self.S[:, :, s0:s1])
+        k = k * self.delta[:, :, s0:s1].transpose(1, 2).unsqueeze(-1) * self.B[:, :, s0:s1].transpose(1, 2).unsqueeze(2)
+        return k.flatten(2)
+
+    def off_diagonal(self, q, t0, s0, s1):
+        """Tile rows (those of `q`, computed with ref = t0 - 1) x columns [s0, s1), s1 <= t0."""
+        out = []
+        step = self.rows_fit
+        for c0 in range(s0, s1, step):
+            c1 = min(c0 + step, s1)
+            out.append(torch.bmm(q, self.keys(c0, c1, t0 - 1).transpose(1, 2)))
+        return torch.cat(out, dim=-1) / self.d
+
+    def diagonal(self, t0, t1):
+        """The lower-triangular tile rows x columns [t0, t1): [b, L, L]."""
+        L = t1 - t0
+        if L <= self.leaf:
+            return self._direct(t0, t1)
+        m = t0 + L // 2
+        top, bottom = self.diagonal(t0, m), self.diagonal(m, t1)
+        lower = self.off_diagonal(self.queries(m, t1, m - 1), m, t0, m)
+        out = top.new_zeros(top.shape[0], L, L)
+        out[:, : m - t0, : m - t0] = top
+        out[:, m - t0 :, : m - t0] = lower
+        out[:, m - t0 :, m - t0 :] = bottom
+        return out
+
+    def _direct(self, t0, t1):
+        S = self.S[:, :, t0:t1]
+        dS = S.unsqueeze(-1) - S.unsqueeze(-2)  # [b, d, t, s] = S_t - S_s
+        causal = torch.ones(t1 - t0, t1 - t0, dtype=torch.bool, device=S.device).tril()
+        # clamp the acausal half (which would overflow) before exp; it is zeroed below
+        decay = torch.exp(dS.clamp(min=0).to(self.dtype).unsqueeze(-1) * self.A[None, :, None, None])  # [b,d,t,s,n]
+        Bbar = self.delta[:, :, t0:t1, None] * self.B[:, None, :, t0:t1].transpose(2, 3)  # [b, d, s, n]
+        alpha = torch.einsum("bnt,bdtsn,bdsn->bts", self.C[:, :, t0:t1], decay, Bbar) / self.d
+        return alpha * causal
+
+    def rows(self, t0, t1):
+        """alpha[:, t0:t1, :t1] (signed, averaged over channels; padded columns zeroed)."""
+        b = self.delta.shape[0]
+        out = self.delta.new_zeros(b, t1 - t0, t1)
+        if t0 > 0:
+            out[:, :, :t0] = self.off_diagonal(self.queries(t0, t1, t0 - 1), t0, 0, t0)
+        out[:, :, t0:] = self.diagonal(t0, t1)
+        if self.mask is not None:
+            out = out * self.mask[:, None, :t1].to(out.dtype)
+        return out
+
+    def row_blocks(self, end: int, block: int | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """(t0, t1, alpha[:, t0:t1, :t1]) for row blocks covering [0, end)."""
+        block = block or max(self.leaf, min(64, self.rows_fit))
+        for t0 in range(0, end, block):
+            t1 = min(t0 + block, end)
+            yield t0, t1, self.rows(t0, t1)
+
+
+def attention_rows(layer: LayerSSM, t0: int, t1: int, budget: int = BUDGET, leaf: int = LEAF) -> torch.Tensor:
+    """Rows [t0, t1) of the layer's hidden attention, columns [0, t1): [b, t1 - t0, t1] (signed)."""
+    return _Tiler(layer, budget, leaf).rows(t0, t1)
+
+
+def attention_matrix(layer: LayerSSM, budget: int = BUDGET, leaf: int = LEAF) -> torch.Tensor:
+    """The full [b, T, T] hidden attention of one layer (signed, channel-averaged, lower triangular)."""
+    T = layer.delta.shape[-1]
+    out = layer.delta.new_zeros(layer.delta.shape[0], T, T)
+    for t0, t1, rows in _Tiler(layer, budget, leaf).row_blocks(T):
+        out[:, t0:t1, :t1] = rows
+    return out
+
+
+def capture_layers(query, grad: bool = False):
+    """Run the model once (true values) and return each layer's `LayerSSM`.
+
+    With grad=True also returns df/d(block output) per layer [b, T, hidden]: block l's output is its
+    input plus its mixer's output, so this is the gradient of f w.r.t. the mixer's output.
+    """
+    mixers = [block.mixer for block in query.model.base_model.layers]
+    inputs, outputs, handles = [], [], []
+
+    def pre_hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        inputs.append((module, hidden.detach(), kwargs.get("attention_mask")))
+
+    def post_hook(module, args, output):
+        outputs.append(output[0] if isinstance(output, tuple) else output)
+
+    for mixer in mixers:
+        handles.append(mixer.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        if grad:
+            handles.append(mixer.register_forward_hook(post_hook))
+    try:
+        embeds = query.embeddings().requires_grad_(grad)
+        with query.patched(Rules.none()), torch.set_grad_enabled(grad):
+            f = query.forward_func(embeds, *query.forward_args)
+            grads = torch.autograd.grad(f.sum(), outputs) if grad else None
+    finally:
+        for h in handles:
+            h.remove()
+    if len(inputs) != len(mixers):
+        raise RuntimeError(f"captured {len(inputs)} mixer calls for {len(mixers)} layers")
+    layers = [LayerSSM.of(m, h, mask) for m, h, mask in inputs]
+    return (layers, [g.detach() for g in grads]) if grad else layers
+
+
+def hidden_attention(query) -> torch.Tensor:
+    """Every layer's full hidden attention [n_layers, b, T, T] (signed) for `query`; O(T^2) memory per layer."""
+    return torch.stack([attention_matrix(layer) for layer in capture_layers(query)])
+
+
+def rollout_row(layers: list[LayerSSM], position: int, column_weights=None, block: int | None = None,
+                budget: int = BUDGET, leaf: int = LEAF) -> torch.Tensor:
+    """Row `position` of prod_l rownorm(|alpha_l| * w_l + I) (last layer first), [b, T]; rows sum to 1.
+
+    column_weights: optional per layer [b, T] factors multiplied into the columns of |alpha_l| (mamba_attr).
+    Computed as r <- r @ Ahat_l, one block of rows of Ahat_l at a time; only positions <= `position` matter.
+    """
+    b, _, T = layers[0].delta.shape
+    p = position % T
+    r = layers[0].delta.new_zeros(b, p + 1)
+    r[:, p] = 1
+    for i in reversed(range(len(layers))):
+        weight = None if column_weights is None else column_weights[i]
+        new = torch.zeros_like(r)
+        for t0, t1, rows in _Tiler(layers[i], budget, leaf).row_blocks(p + 1, block):
+            coeff = r[:, t0:t1]
+            if not bool(coeff.any()):
+                continue  # rows nothing flows through (e.g. padding)
+            a = rows.abs()
+            if weight is not None:
+                a = a * weight[:, None, :t1]
+            diag = torch.arange(t1 - t0, device=a.device)
+            a[:, diag, t0 + diag] += 1
+            a = a / a.sum(-1, keepdim=True)
+            new[:, :t1] += torch.einsum("bt,bts->bs", coeff, a)
+        r = new
+    return torch.nn.functional.pad(r, (0, T - p - 1))
+
+
+@register("attention_rollout", aliases=("rollout",))
+def attention_rollout(query, block: int | None = None):
+    """Attention rollout over Mamba's hidden attention: row `position` of prod_l rownorm(|alpha_l| + I).
+
+    alpha_l is layer l's hidden attention averaged over channels (its absolute value is taken because
+    C . Bbar can be negative). Non-negative; each sample's scores sum to 1. Padded positions get 0.
+    """
+    query.resolve()
+    return rollout_row(capture_layers(query), query.position, block=block)
+
+
+@register("mamba_attr", aliases=("mambaattr",))
+def mamba_attr(query, block: int | None = None):
+    """Mamba-Attr (Ali et al. 2024): rollout of hidden attention weighted by gradients.
+
+    Per layer: g = df/d(block output) [T, hidden]; w_s = max over hidden of ReLU(g_s), min-max normalised
+    over the (real) positions up to the explained one; the columns of |alpha_l| are multiplied by w, then
+    rollout as in `attention_rollout`. Non-negative; each sample's scores sum to 1. If w is constant it is
+    0 (the layer passes relevance straight through its identity term).
+    """
+    query.resolve()
+    layers, grads = capture_layers(query, grad=True)
+    p = query.position % query.seq_len
+    mask = query.attention_mask
+    valid = torch.zeros(query.input_ids.shape, dtype=torch.bool, device=query.input_ids.device)
+    valid[:, : p + 1] = True
+    if mask is not None:
+        valid &= mask.bool()
+    weights = []
+    for g in grads:
+        w = g.float().clamp(min=0).amax(-1)  # [b, T]
+        lo = w.masked_fill(~valid, float("inf")).amin(-1, keepdim=True)
+        hi = w.masked_fill(~valid, float("-inf")).amax(-1, keepdim=True)
+        w = ((w - lo) / (hi - lo).clamp(min=torch.finfo(w.dtype).tiny)).clamp(0, 1) * valid
+        weights.append(w.to(layers[0].delta.dtype))
+    return rollout_row(layers, p, weights, block=block)
