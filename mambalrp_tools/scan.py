@@ -95,15 +95,14 @@ class _ChunkedScan(torch.autograd.Function):
             t1 = min(t0 + chunk, T)
             L = t1 - t0
             decay, drive = _chunk_inputs(u, delta, A, B, t0, t1)
-            dy_c = dy[:, :, t0:t1].permute(2, 0, 1)  # [L, b, d]
-            C_c = C[:, :, t0:t1].permute(2, 0, 1)  # [L, b, n]
-            lam = lam_buf[:L]
-            nxt = carry
-            for t in range(L - 1, -1, -1):
-                # lambda_t = C_t dy_t + decay_{t+1} * lambda_{t+1}
-                torch.addcmul(nxt, dy_c[t].unsqueeze(-1), C_c[t].unsqueeze(1), out=lam[t])
-                nxt = decay[t] * lam[t]
-            carry = nxt
+            # source of the adjoint, C_t dy_t, for the whole chunk in one op: [L, b, d, n]
+            lam = torch.mul(dy[:, :, t0:t1].permute(2, 0, 1).unsqueeze(-1), C[:, :, t0:t1].permute(2, 0, 1).unsqueeze(2),
+                            out=lam_buf[:L])
+            lam[L - 1] += carry
+            for t in range(L - 2, -1, -1):
+                # lambda_t = C_t dy_t + decay_{t+1} * lambda_{t+1}, in place
+                lam[t].addcmul_(decay[t + 1], lam[t + 1])
+            carry = decay[0] * lam[0]
             B_c = B[:, :, t0:t1]
             lam_B = torch.einsum("lbdn,bnl->bdl", lam, B_c)  # sum_n lambda_t B_t
             dt_c = delta[:, :, t0:t1]
