@@ -24,7 +24,7 @@ def explain(
     *,
     backend: str = "auto",
     chunk_size: int | None = None,
-    checkpoint: bool | None = None,
+    checkpoint: bool | str | None = None,
     **method_kwargs,
 ) -> Explanation:
     """Relevance of every input token for the logit `target` at `position`.
@@ -34,7 +34,8 @@ def explain(
         `tokenizer`), or one per sample. contrast: explain logit[target] - logit[contrast].
     method: see `list_methods()`; `method_kwargs` go to it (e.g. `rules={"ssm": False}`).
     backend: "auto" (mamba-ssm kernels on a GPU when installed, else PyTorch), "torch" or "cuda".
-    checkpoint: recompute each layer in backward (default: on above 4,096 tokens).
+    checkpoint: recompute each layer in backward to save memory: True/"device", "cpu" (layer inputs
+        kept in host memory, for ~10^6 tokens on a GPU) or False; default: "device" above 4,096 tokens.
     The model is run in eval mode and left exactly as it was.
     """
     architecture_of(model)  # TypeError for unsupported models, before any work

@@ -44,14 +44,16 @@ def lrp_mode(
     *,
     backend: str = "auto",
     chunk_size: int = backends.DEFAULT_CHUNK,
-    checkpoint: bool | None = None,
+    checkpoint: bool | str | None = None,
     seq_len: int | None = None,
 ) -> Iterator:
     """Patch `model` so that Gradient x Input on its input embeddings is MambaLRP.
 
     Forward values are unchanged (computed in float32). `rules` switches the four rules
     (`silu`, `ssm`, `gate`, `norm`; missing keys are True; all False = plain gradient).
-    `checkpoint` recomputes each layer in backward (default: on when `seq_len` > CHECKPOINT_ABOVE).
+    `checkpoint` recomputes each layer in backward, keeping only layer inputs: True/"device" keeps
+    them on the model's device, "cpu" in host memory (for ~10^6 tokens on a GPU), False never;
+    None (default) = "device" when `seq_len` > CHECKPOINT_ABOVE.
 
         with lrp_mode(model):
             emb = model.get_input_embeddings()(ids).detach().requires_grad_()
@@ -62,8 +64,7 @@ def lrp_mode(
     rules = Rules.of(rules)
     device = next(model.parameters()).device
     chosen = backends.resolve(backend, device, chunk_size)
-    if checkpoint is None:
-        checkpoint = seq_len is not None and seq_len > CHECKPOINT_ABOVE
+    checkpoint = _checkpoint_mode(checkpoint, seq_len)
     installed = []
     try:
         for module, forward in arch.patches(model, rules, chosen, checkpoint):
@@ -79,3 +80,12 @@ def lrp_mode(
 
 
 _ABSENT = object()
+
+
+def _checkpoint_mode(checkpoint, seq_len) -> str | None:
+    if checkpoint is None:
+        checkpoint = seq_len is not None and seq_len > CHECKPOINT_ABOVE
+    mode = {False: None, True: "device", "device": "device", "cpu": "cpu"}.get(checkpoint, "invalid")
+    if mode == "invalid":
+        raise ValueError(f"checkpoint must be None, True, False, 'device' or 'cpu', got {checkpoint!r}")
+    return mode

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from .. import rules as R
 from ..backends import Backend
+from ..recompute import recompute
 
 
 def norm_forward(norm, rules: R.Rules):
@@ -89,31 +89,32 @@ def mixer_forward(mixer, rules: R.Rules, backend: Backend):
     return forward
 
 
-def block_forward(block, rules: R.Rules, backend: Backend, use_checkpoint: bool):
-    """Replacement for `MambaBlock.forward`: float32 residual stream, optional recomputation."""
+def block_forward(block, rules: R.Rules, backend: Backend, checkpoint: str | None):
+    """Replacement for `MambaBlock.forward`: float32 residual stream, optional recomputation
+    (`checkpoint` = "device" keeps each layer's input on its device, "cpu" in host memory)."""
     original = type(block).forward
-
-    def layer(hidden_states, attention_mask):
-        return hidden_states + block.mixer(block.norm(hidden_states), attention_mask=attention_mask)
 
     def forward(hidden_states, cache=None, attention_mask=None, cache_params=None, **kwargs):
         cache = cache if cache is not None else cache_params
         if cache is not None:
             return original(block, hidden_states, cache, attention_mask=attention_mask, **kwargs)
+
+        def layer(x):
+            return x + block.mixer(block.norm(x), attention_mask=attention_mask)
+
         hidden_states = hidden_states.float()
-        if use_checkpoint and torch.is_grad_enabled() and hidden_states.requires_grad:
-            # keep only the residual stream between layers; recompute a layer's inside in backward
-            return checkpoint(layer, hidden_states, attention_mask, use_reentrant=False)
-        return layer(hidden_states, attention_mask)
+        if checkpoint and torch.is_grad_enabled() and hidden_states.requires_grad:
+            return recompute(layer, hidden_states, offload=checkpoint == "cpu")
+        return layer(hidden_states)
 
     return forward
 
 
-def patches(model, rules: R.Rules, backend: Backend, use_checkpoint: bool):
+def patches(model, rules: R.Rules, backend: Backend, checkpoint: str | None):
     """(module, replacement forward) for every module of a Mamba-1 / FalconMamba backbone."""
     backbone = model.base_model
     for block in backbone.layers:
-        yield block, block_forward(block, rules, backend, use_checkpoint)
+        yield block, block_forward(block, rules, backend, checkpoint)
         yield block.norm, norm_forward(block.norm, rules)
         yield block.mixer, mixer_forward(block.mixer, rules, backend)
     yield backbone.norm_f, norm_forward(backbone.norm_f, rules)

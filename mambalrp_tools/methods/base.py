@@ -55,7 +55,7 @@ class Query:
     position: int
     backend: str = "auto"
     chunk_size: int | None = None
-    checkpoint: bool | None = None
+    checkpoint: bool | str | None = None
     logit: torch.Tensor | None = field(default=None, init=False)  # f at the input, set by `resolve`
 
     @property
