@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
-from transformers import FalconMambaConfig, FalconMambaForCausalLM, MambaConfig, MambaForCausalLM
+# tests must never reach a hub; huggingface_hub reads this once, at import, so set it before
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests must never reach a hub
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import FalconMambaConfig, FalconMambaForCausalLM, MambaConfig, MambaForCausalLM  # noqa: E402
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 ARCHS = {"mamba": (MambaConfig, MambaForCausalLM), "falcon_mamba": (FalconMambaConfig, FalconMambaForCausalLM)}
@@ -56,3 +57,61 @@ def assert_untouched(model, snap):
 @pytest.fixture(params=["mamba", "falcon_mamba"])
 def arch(request):
     return request.param
+
+
+# ---- a tiny word-level tokenizer built in memory (never downloaded)
+
+WORDS = ["[PAD]", "[UNK]", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "she", "he", "is", "doctor",
+         "nurse", "<b>", "&", "quick", "brown", "fox"]
+
+
+def word_tokenizer():
+    """A `PreTrainedTokenizerFast` over WORDS (ids 0..19, fits the tiny models' vocabulary of 97)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
+
+
+@pytest.fixture
+def tokenizer():
+    return word_tokenizer()
+
+
+def hand_gradient_x_input(model, ids, target, position=-1, attention_mask=None):
+    """Gradient x Input by plain autograd on the UNPATCHED model: (relevance [B, T], f [B])."""
+    emb = model.get_input_embeddings()(ids).detach().requires_grad_()
+    logits = model(inputs_embeds=emb, attention_mask=attention_mask).logits
+    f = logits[torch.arange(ids.shape[0]), position, target]
+    (grad,) = torch.autograd.grad(f.sum(), emb)
+    return (emb * grad).sum(-1).detach(), f.detach()
+
+
+# ---- models whose every parameter matters (init leaves norm weights at 1, conv bias at 0, D at 1)
+
+@torch.no_grad()
+def randomize_trivial_parameters(model, seed=0):
+    """Give norm weights, D and every bias except dt_proj's random values, so tests exercise them."""
+    gen = torch.Generator().manual_seed(10_000 + seed)
+
+    def noise(p):
+        return torch.randn(p.shape, generator=gen).to(p.dtype)
+
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight") or name.endswith("norm_f.weight") or name.endswith("mixer.D"):
+            p.copy_(1 + 0.3 * noise(p))
+        elif name.endswith(".bias") and "dt_proj" not in name:
+            p.copy_(0.2 * noise(p))
+    return model
+
+
+def rich_model(arch="mamba", seed=0, zero_biases=False, dtype=torch.float32, use_bias=True, **kw):
+    """tiny_model with in_proj/out_proj biases (use_bias) and no trivially initialised parameter;
+    zero_biases then zeroes the relevance-carrying ones (conv1d, in_proj, out_proj) again."""
+    model = tiny_model(arch, seed, use_bias=use_bias, **kw)
+    randomize_trivial_parameters(model, seed)
+    if zero_biases:
+        zero_relevance_biases(model)
+    return model.to(dtype)
