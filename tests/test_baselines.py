@@ -1,0 +1,313 @@
+"""Baseline attributions (Captum), Mamba hidden attention, attention rollout and Mamba-Attr."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
+from conftest import tiny_model
+
+import mambalrp_tools as mlt
+from mambalrp_tools.methods import Query, captum_methods
+from mambalrp_tools.methods.hidden_attention import LayerSSM, attention_matrix, capture_layers, rollout_row
+from mambalrp_tools.scan import reference_scan
+
+T = 12
+# few steps / samples: these tests check plumbing, not approximation quality
+FAST = {"integrated_gradients": {"n_steps": 8}, "smoothgrad": {"nt_samples": 3}}
+MINE = ("gradient", "integrated_gradients", "smoothgrad", "attention_rollout", "mamba_attr")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("mamba", seed=0)
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return torch.randint(0, 97, (2, T), generator=torch.Generator().manual_seed(1))
+
+
+def run(model, ids, method, **kw):
+    return mlt.explain(model, ids, method=method, **{**FAST.get(method, {}), **kw})
+
+
+# ---------------------------------------------------------------- every method
+
+
+@pytest.mark.parametrize("method", mlt.list_methods())
+def test_finite_shape_and_deterministic(model, ids, method):
+    a, b = run(model, ids, method), run(model, ids, method)
+    assert a.relevance.shape == (2, T) and a.relevance.dtype == torch.float32
+    assert torch.isfinite(a.relevance).all()
+    assert a.relevance.abs().sum() > 0
+    assert torch.equal(a.relevance, b.relevance)
+
+
+@pytest.mark.parametrize("method", mlt.list_methods())
+def test_batch_equals_single(model, ids, method):
+    batch = run(model, ids, method, target=[3, 7])
+    for i, tgt in enumerate((3, 7)):
+        single = run(model, ids[i : i + 1], method, target=tgt)
+        torch.testing.assert_close(batch.relevance[i], single.relevance[0], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", mlt.list_methods())
+def test_left_padded_sample_equals_single(model, ids, method):
+    """A shorter sample left-padded into a batch gets the relevance it gets alone (padding: 0)."""
+    short = ids[1, 4:]
+    padded = torch.stack([ids[0], torch.cat([torch.zeros(4, dtype=torch.long), short])])
+    mask = torch.ones_like(padded)
+    mask[1, :4] = 0
+    batch = run(model, padded, method, attention_mask=mask, target=5)
+    single = run(model, short[None], method, target=5)
+    assert torch.equal(batch.relevance[1, :4], torch.zeros(4))
+    torch.testing.assert_close(batch.relevance[1, 4:], single.relevance[0], rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- Captum methods
+
+
+def test_gradient_is_non_negative(model, ids):
+    r = run(model, ids, "gradient").relevance
+    assert (r >= 0).all() and (r > 0).any()
+
+
+def _f_at(model, embeds, target, position=-1):
+    with torch.no_grad():
+        return model(inputs_embeds=embeds).logits[:, position].gather(1, target[:, None])[:, 0]
+
+
+def test_ig_completeness_zero_baseline(model, ids):
+    """sum_t R_t = f(x) - f(0) within 2% at n_steps=256, on the target that moves most along the path."""
+    embeds = model.get_input_embeddings()(ids).detach()
+    with torch.no_grad():
+        gap = model(inputs_embeds=embeds).logits[:, -1] - model(inputs_embeds=torch.zeros_like(embeds)).logits[:, -1]
+    target = gap.abs().argmax(-1)
+    expected = gap.gather(1, target[:, None])[:, 0]
+    assert (expected.abs() > 0.5).all()  # not a tiny difference
+    r = mlt.explain(model, ids, target=target, method="ig", n_steps=256, baseline="zero").relevance
+    rel_err = (r.double().sum(-1) - expected.double()).abs() / expected.double().abs()
+    assert (rel_err < 0.02).all(), rel_err
+
+
+def test_ig_token_baselines(model, ids):
+    model.config.pad_token_id = 5
+    try:
+        emb5 = model.get_input_embeddings().weight[5].detach()
+        pad = mlt.explain(model, ids, target=3, method="ig", n_steps=64, baseline="pad").relevance
+        as_tensor = mlt.explain(model, ids, target=3, method="ig", n_steps=64, baseline=emb5).relevance
+        as_id = mlt.explain(model, ids, target=3, method="ig", n_steps=64, baseline=5).relevance
+        explicit = mlt.explain(model, ids, target=3, method="ig", n_steps=64, baseline="unk",
+                               baseline_token_id=5).relevance
+    finally:
+        model.config.pad_token_id = 0
+    torch.testing.assert_close(pad, as_tensor)
+    torch.testing.assert_close(pad, as_id)
+    torch.testing.assert_close(pad, explicit)
+    # completeness against the pad baseline
+    f_x = _f_at(model, model.get_input_embeddings()(ids), torch.tensor([3, 3]))
+    f_b = _f_at(model, emb5.expand(2, T, -1), torch.tensor([3, 3]))
+    torch.testing.assert_close(pad.sum(-1), f_x - f_b, rtol=0.02, atol=1e-3)
+    assert not torch.allclose(pad, mlt.explain(model, ids, target=3, method="ig", n_steps=64).relevance)
+
+
+def test_ig_baseline_errors(model, ids):
+    assert getattr(model.config, "unk_token_id", None) is None
+    with pytest.raises(ValueError, match="baseline_token_id"):
+        mlt.explain(model, ids, method="ig", baseline="unk")
+    with pytest.raises(ValueError, match="unknown baseline"):
+        mlt.explain(model, ids, method="ig", baseline="mean")
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        mlt.explain(model, ids, method="ig", baseline=10_000)
+    with pytest.raises(ValueError, match="broadcast"):
+        mlt.explain(model, ids, method="ig", baseline=torch.zeros(3))
+
+
+def test_smoothgrad_without_noise_is_gradient_x_input(model, ids):
+    """stdevs=0: every noisy copy is the input, so SmoothGrad(Input x Gradient) = Gradient x Input."""
+    sg = mlt.explain(model, ids, method="sg", stdevs=0.0, nt_samples=2).relevance
+    gi = mlt.explain(model, ids, method="gradient_x_input").relevance
+    torch.testing.assert_close(sg, gi, rtol=1e-4, atol=1e-7)
+
+
+def test_smoothgrad_seed_and_global_rng(model, ids):
+    state = torch.get_rng_state()
+    a = run(model, ids, "smoothgrad", seed=1).relevance
+    assert torch.equal(torch.get_rng_state(), state)  # the user's RNG stream is not consumed
+    b = run(model, ids, "smoothgrad", seed=2).relevance
+    assert not torch.allclose(a, b)
+
+
+def test_smoothgrad_noise_scale_is_relative_to_embeddings(monkeypatch, model, ids):
+    seen = {}
+    original = NoiseTunnel.attribute
+
+    def spy(self, inputs, **kw):
+        seen["stdevs"] = kw["stdevs"]
+        return original(self, inputs, **kw)
+
+    monkeypatch.setattr(NoiseTunnel, "attribute", spy)
+    mlt.explain(model, ids[:1], method="sg", stdevs=0.3, nt_samples=2)
+    expected = 0.3 * float(model.get_input_embeddings().weight.std())
+    assert seen["stdevs"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "method, cls, expected",
+    [("gradient", Saliency, 32**0.5), ("ig", IntegratedGradients, 32.0), ("sg", NoiseTunnel, 32.0)],
+)
+def test_attributions_come_from_captum(monkeypatch, model, ids, method, cls, expected):
+    """Replace the Captum class's `attribute` by a stub: the method must return what Captum returned
+    (aggregated over the hidden size 32), so no hand-written gradient loop stands in for Captum."""
+    calls = []
+
+    def stub(self, inputs, **kw):
+        calls.append((type(self), kw))
+        return torch.ones_like(inputs)
+
+    monkeypatch.setattr(cls, "attribute", stub)
+    r = mlt.explain(model, ids, method=method, n_steps=7) if method == "ig" else mlt.explain(model, ids, method=method)
+    assert calls and all(c[0] is cls for c in calls)
+    torch.testing.assert_close(r.relevance, torch.full((2, T), expected))
+    if method == "ig":
+        assert calls[0][1]["n_steps"] == 7
+    if method == "sg":
+        assert calls[0][1]["nt_type"] == "smoothgrad"
+
+
+def test_smoothgrad_wraps_input_x_gradient(monkeypatch, model, ids):
+    made = []
+    original = NoiseTunnel.__init__
+
+    def spy(self, method):
+        made.append(method)
+        original(self, method)
+
+    monkeypatch.setattr(NoiseTunnel, "__init__", spy)
+    mlt.explain(model, ids, method="sg", nt_samples=2)
+    assert len(made) == 1 and isinstance(made[0], InputXGradient)
+    assert captum_methods.NoiseTunnel is NoiseTunnel and captum_methods.InputXGradient is InputXGradient
+
+
+# ---------------------------------------------------------------- hidden attention
+
+
+def _layers(arch, n=2, length=20, dtype=torch.float64, seed=0):
+    model = tiny_model(arch, seed=seed)
+    ids = torch.randint(0, 97, (n, length), generator=torch.Generator().manual_seed(seed + 3))
+    return model, [layer.to(dtype) for layer in capture_layers(Query(model, ids, None, None, None, -1))]
+
+
+@pytest.mark.parametrize("budget, leaf", [(40, 2), (300, 3), (1 << 22, 16)])
+def test_attention_reproduces_scan_per_channel(arch, budget, leaf):
+    """sum_s alpha_d[t, s] u_d[s] = y_d[t] - D_d u_d[t] for every channel d of both layers."""
+    _, layers = _layers(arch)
+    for layer in layers:
+        y = reference_scan(layer.u, layer.delta, layer.A, layer.B, layer.C, None)  # y - D u
+        for d in range(layer.u.shape[1]):
+            alpha = attention_matrix(layer.channels(slice(d, d + 1)), budget=budget, leaf=leaf)
+            assert torch.equal(alpha, alpha.tril())
+            recon = torch.einsum("bts,bs->bt", alpha, layer.u[:, d])
+            torch.testing.assert_close(recon, y[:, d], rtol=0, atol=1e-5 * max(1.0, float(y[:, d].abs().max())))
+
+
+def test_attention_float32_matches_layer_scan(arch):
+    """In float32 the channel-averaged matrix applied to u reproduces the model's own scan output."""
+    from mambalrp_tools import backends
+
+    _, layers = _layers(arch, dtype=torch.float32)
+    for layer in layers:
+        y = backends.resolve("torch", "cpu").scan(layer.u, layer.delta, layer.A, layer.B, layer.C, layer.D)
+        y = y - layer.D[:, None] * layer.u
+        per_channel = torch.stack(
+            [attention_matrix(layer.channels(slice(d, d + 1))) for d in range(layer.u.shape[1])], 1
+        )
+        recon = torch.einsum("bdts,bds->bdt", per_channel, layer.u)
+        torch.testing.assert_close(recon, y, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(attention_matrix(layer), per_channel.mean(1), rtol=1e-4, atol=1e-7)
+
+
+def _dense_alpha(layer: LayerSSM) -> torch.Tensor:
+    """Hidden attention straight from the definition: [b, T, T], averaged over channels (slow, float64)."""
+    u, delta, A, B, C = (t.double() for t in (layer.u, layer.delta, layer.A, layer.B, layer.C))
+    b, d, T = u.shape
+    Abar = torch.exp(delta[..., None] * A[None, :, None])  # [b, d, T, n]
+    Bbar = delta[..., None] * B.transpose(1, 2)[:, None]  # [b, d, T, n]
+    out = torch.zeros(b, T, T, dtype=torch.float64)
+    for t in range(T):
+        for s in range(t + 1):
+            prod = Abar[:, :, s + 1 : t + 1].prod(dim=2)  # empty product = 1
+            out[:, t, s] = (C[:, None, :, t] * prod * Bbar[:, :, s]).sum(-1).mean(1)
+    return out
+
+
+def _dense_rollout(alphas, position, weights=None):
+    T = alphas[0].shape[-1]
+    eye = torch.eye(T, dtype=torch.float64)
+    total = eye.expand_as(alphas[0]).clone()
+    for i, alpha in enumerate(alphas):  # first layer first: total = Ahat_L ... Ahat_1
+        a = alpha.abs() if weights is None else alpha.abs() * weights[i][:, None, :]
+        a = a + eye
+        total = (a / a.sum(-1, keepdim=True)) @ total
+    return total[:, position]
+
+
+def test_blockwise_equals_dense(arch):
+    _, layers = _layers(arch, length=17)
+    dense = [_dense_alpha(layer) for layer in layers]
+    for layer, ref in zip(layers, dense):
+        for budget, leaf in [(40, 1), (96, 3), (1 << 22, 16)]:
+            torch.testing.assert_close(attention_matrix(layer, budget=budget, leaf=leaf), ref, rtol=1e-9, atol=1e-12)
+    for position in (16, 9):
+        for block in (None, 1, 4):
+            row = rollout_row(layers, position, block=block, budget=60, leaf=2)
+            torch.testing.assert_close(row[:, : position + 1], _dense_rollout(dense, position)[:, : position + 1])
+            assert torch.equal(row[:, position + 1 :], torch.zeros_like(row[:, position + 1 :]))
+    weights = [torch.rand(2, 17, dtype=torch.float64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    torch.testing.assert_close(rollout_row(layers, 16, weights, block=5), _dense_rollout(dense, 16, weights))
+
+
+def test_rollout_is_distribution(model, ids):
+    for method in ("attention_rollout", "mamba_attr"):
+        r = run(model, ids, method).relevance
+        assert (r >= 0).all()
+        torch.testing.assert_close(r.sum(-1), torch.ones(2))
+
+
+def test_mamba_attr_matches_definition(arch):
+    """mamba_attr = rollout of |alpha| with columns scaled by min-max(max_c ReLU(df/d block output)),
+    with the gradients taken from transformers' own (unpatched) forward."""
+    model = tiny_model(arch, seed=2)
+    ids = torch.randint(0, 97, (2, 14), generator=torch.Generator().manual_seed(4))
+    target = torch.tensor([1, 2])
+    outs = []
+    hooks = [blk.register_forward_hook(lambda m, a, o: outs.append(o[0] if isinstance(o, tuple) else o))
+             for blk in model.base_model.layers]
+    try:
+        logits = model(ids).logits[:, -1]
+    finally:
+        for h in hooks:
+            h.remove()
+    grads = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), outs)
+    weights = []
+    for g in grads:
+        w = g.clamp(min=0).amax(-1).double()
+        lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+        weights.append((w - lo) / (hi - lo))
+    layers = [layer.to(torch.float64) for layer in capture_layers(Query(model, ids, None, target, None, -1))]
+    expected = _dense_rollout([_dense_alpha(layer) for layer in layers], -1, weights)
+    got = mlt.explain(model, ids, target=target, method="mamba_attr").relevance
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-6)
+    assert (got >= 0).all() and not torch.allclose(got, run(model, ids, "attention_rollout").relevance)
+
+
+def test_hidden_attention_at_earlier_position():
+    """Explaining position 9 uses only tokens 0..9: the same scores as the input cut after it."""
+    model = tiny_model("mamba", seed=0)
+    ids = torch.randint(0, 97, (1, 16), generator=torch.Generator().manual_seed(7))
+    for method in ("attention_rollout", "mamba_attr"):
+        r = mlt.explain(model, ids, method=method, position=9).relevance
+        cut = mlt.explain(model, ids[:, :10], method=method).relevance
+        assert torch.equal(r[0, 10:], torch.zeros(6))
+        torch.testing.assert_close(r[:, :10], cut)
