@@ -23,13 +23,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="mambalrp")
     p.add_argument("text")
     p.set_defaults(run=_explain)
+    from .evaluation.cli import add_parser as add_evaluate
+
+    add_evaluate(sub)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    args.run(args)
-    return 0
+    return args.run(args) or 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,227 @@
+"""Resumable evaluation runs: a folder with `manifest.json` and `records.jsonl`.
+
+- One JSON line per (sample, method), written as soon as it is computed, flushed and fsynced,
+  so a killed run loses at most what was in flight (one sample; one batch with batch_size > 1).
+- Re-running the same evaluation on the same folder skips the finished (sample, method) pairs;
+  existing records are never rewritten (the file is only appended to). A torn last line left by a
+  kill is not a record and is cut off before appending.
+- A folder whose manifest does not match the evaluation is refused unless `overwrite=True`.
+- An exclusive lock stops two processes from writing one run.
+- No pickle anywhere: JSON only.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any, Iterable
+
+MANIFEST = "manifest.json"
+RECORDS = "records.jsonl"
+SUMMARY = "summary.json"
+LOCK = ".lock"
+#: manifest keys that must match for a folder to be resumed (the rest is information)
+IDENTITY_KEYS = ("analysis", "model", "examples", "methods", "params")
+
+
+class RunMismatch(ValueError):
+    """The run folder belongs to a different evaluation."""
+
+
+class RunLocked(RuntimeError):
+    """Another process is writing this run folder."""
+
+
+def package_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in ("mambalrp_tools", "torch", "transformers", "captum", "scipy", "numpy"):
+        try:
+            from importlib.metadata import version
+
+            versions[name] = version(name)
+        except Exception:  # not installed, or not installed as a distribution
+            versions[name] = None
+    return versions
+
+
+def _canonical(value):
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+class Run:
+    """A run folder. `Run(None, ...)` keeps the records in memory only (no resume)."""
+
+    def __init__(self, directory, identity: dict, overwrite: bool = False, info: dict | None = None):
+        self.directory = None if directory is None else Path(directory)
+        self.identity = _canonical({k: identity.get(k) for k in IDENTITY_KEYS} | {
+            k: v for k, v in identity.items() if k not in IDENTITY_KEYS})
+        self.records: list[dict] = []
+        self._done: set[tuple[str, str]] = set()
+        self._fh = None
+        self._lock = None
+        if self.directory is None:
+            return
+        self._open(overwrite, info or {})
+
+    # ------------------------------------------------------------------ opening
+    def _open(self, overwrite: bool, info: dict):
+        d = self.directory
+        manifest_path = d / MANIFEST
+        if d.exists() and not d.is_dir():
+            raise RunMismatch(f"{d} exists and is not a folder")
+        if d.is_dir() and any(d.iterdir()):
+            if manifest_path.is_file():
+                try:
+                    existing = json.loads(manifest_path.read_text())
+                except json.JSONDecodeError:
+                    existing = None
+                mismatch = self._mismatch(existing)
+            else:
+                mismatch = [f"{d} is not empty and has no {MANIFEST}"]
+            if mismatch:
+                if not overwrite:
+                    raise RunMismatch(
+                        f"run folder {d} belongs to a different evaluation ({'; '.join(mismatch)}). "
+                        "Use another folder, or pass overwrite=True (CLI: --overwrite) to start it afresh."
+                    )
+                self._acquire_lock(d)
+                for child in d.iterdir():
+                    if child.name == LOCK:
+                        continue
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        d.mkdir(parents=True, exist_ok=True)
+        if self._lock is None:
+            self._acquire_lock(d)
+        if not manifest_path.is_file():
+            manifest = dict(self.identity)
+            manifest.update(_canonical(info))
+            manifest["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            manifest["versions"] = package_versions()
+            tmp = manifest_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            os.replace(tmp, manifest_path)  # atomic: never a half-written manifest
+        self._load_records()
+        self._fh = open(d / RECORDS, "a", encoding="utf-8")
+
+    def _mismatch(self, existing) -> list[str]:
+        if not isinstance(existing, dict):
+            return [f"unreadable {MANIFEST}"]
+        diffs = []
+        for key in self.identity:
+            if key in ("created", "versions"):
+                continue
+            if _canonical(existing.get(key)) != self.identity[key]:
+                diffs.append(f"{key}: folder has {_short(existing.get(key))}, this run has {_short(self.identity[key])}")
+        return diffs
+
+    def _acquire_lock(self, d: Path):
+        import fcntl
+
+        d.mkdir(parents=True, exist_ok=True)
+        fh = open(d / LOCK, "a")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            fh.close()
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                raise RunLocked(f"another process is writing the run in {d}") from None
+            raise
+        self._lock = fh
+
+    def _load_records(self):
+        path = self.directory / RECORDS
+        if not path.exists():
+            return
+        with open(path, "rb+") as fh:
+            data = fh.read()
+            keep = data.rfind(b"\n") + 1
+            if keep < len(data):
+                # a torn line from a kill mid-write: not a record; cut it so appends stay line-aligned
+                fh.truncate(keep)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for line in data[:keep].decode("utf-8").splitlines():
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            self.records.append(rec)
+            self._done.add(self.key(rec["sample"], rec["method"]))
+
+    # ------------------------------------------------------------------ use
+    @staticmethod
+    def key(sample, method) -> tuple[str, str]:
+        return (json.dumps(sample), str(method))
+
+    def done(self, sample, method) -> bool:
+        return self.key(sample, method) in self._done
+
+    def pending(self, samples: Iterable, methods: Iterable[str]) -> list[tuple[Any, str]]:
+        return [(s, m) for s in samples for m in methods if not self.done(s, m)]
+
+    def write(self, record: dict):
+        """Append one record (must carry `sample` and `method`); durable when this returns."""
+        if "sample" not in record or "method" not in record:
+            raise ValueError("a record needs `sample` and `method` fields")
+        key = self.key(record["sample"], record["method"])
+        if key in self._done:
+            raise ValueError(f"record {key} exists already; records are never rewritten")
+        line = json.dumps(_canonical(record), allow_nan=True)
+        if self._fh is not None:
+            self._fh.write(line + "\n")
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        self.records.append(json.loads(line))
+        self._done.add(key)
+
+    def write_summary(self, summary) -> Path | None:
+        """`summary.json`: derived from the records, so it is rewritten on every completion."""
+        if self.directory is None:
+            return None
+        path = self.directory / SUMMARY
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(_canonical(summary), indent=2))
+        os.replace(tmp, path)
+        return path
+
+    def close(self):
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _short(value, limit: int = 120) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_records(directory) -> list[dict]:
+    """All complete records of a run folder (a torn last line is ignored)."""
+    path = Path(directory) / RECORDS
+    if not path.exists():
+        return []
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.endswith("\n") and line.strip():
+                out.append(json.loads(line))
+    return out
