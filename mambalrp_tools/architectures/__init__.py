@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator, Mapping
 
+import torch
+
 from transformers.models.falcon_mamba.modeling_falcon_mamba import FalconMambaModel
 from transformers.models.mamba.modeling_mamba import MambaModel
 
@@ -53,7 +55,8 @@ def lrp_mode(
     (`silu`, `ssm`, `gate`, `norm`; missing keys are True; all False = plain gradient).
     `checkpoint` recomputes each layer in backward, keeping only layer inputs: True/"device" keeps
     them on the model's device, "cpu" in host memory (for ~10^6 tokens on a GPU), False never;
-    None (default) = "device" when `seq_len` > CHECKPOINT_ABOVE.
+    None (default): off up to CHECKPOINT_ABOVE tokens, above it "device", or "cpu" on a GPU whose
+    free memory is under four times what the layer inputs need.
 
         with lrp_mode(model):
             emb = model.get_input_embeddings()(ids).detach().requires_grad_()
@@ -64,7 +67,7 @@ def lrp_mode(
     rules = Rules.of(rules)
     device = next(model.parameters()).device
     chosen = backends.resolve(backend, device, chunk_size)
-    checkpoint = _checkpoint_mode(checkpoint, seq_len)
+    checkpoint = _checkpoint_mode(checkpoint, seq_len, model, device)
     installed = []
     try:
         for module, forward in arch.patches(model, rules, chosen, checkpoint):
@@ -82,9 +85,13 @@ def lrp_mode(
 _ABSENT = object()
 
 
-def _checkpoint_mode(checkpoint, seq_len) -> str | None:
+def _checkpoint_mode(checkpoint, seq_len, model, device) -> str | None:
     if checkpoint is None:
         checkpoint = seq_len is not None and seq_len > CHECKPOINT_ABOVE
+        if checkpoint and device.type == "cuda":
+            config = model.config
+            kept = seq_len * config.hidden_size * config.num_hidden_layers * 4  # float32 layer inputs, batch 1
+            checkpoint = "cpu" if 4 * kept > torch.cuda.mem_get_info(device)[0] else "device"
     mode = {False: None, True: "device", "device": "device", "cpu": "cpu"}.get(checkpoint, "invalid")
     if mode == "invalid":
         raise ValueError(f"checkpoint must be None, True, False, 'device' or 'cpu', got {checkpoint!r}")

@@ -1,0 +1,171 @@
+"""Speed and memory of MambaLRP against the model's own forward pass, as ratios measured in one run.
+
+    python benchmarks/bench_explain.py                       # CPU: T = 256, 1024, 8192
+    python benchmarks/bench_explain.py --device cuda --lengths 2048 32768 1048576
+
+Model: MambaConfig(vocab 50280, hidden 768, 24 layers, intermediate 1536, state 16), random fp32
+weights (the size of state-spaces/mamba-130m). Every measurement runs in a fresh worker process,
+so each peak memory (process RSS on CPU, `max_memory_allocated` on GPU) is its own. Columns:
+
+    explain/HF fwd    mlt.explain(method="mambalrp") / transformers' model(ids, logits_to_keep=1) under no_grad
+    explain/own fwd   the same / this package's patched forward under no_grad
+    explain/HF GxI    the same / transformers' Gradient x Input (forward + backward, weight grads included)
+    IG/HF fwd         explain(method="integrated_gradients", n_steps=50) / HF no-grad forward
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+MODEL = dict(vocab_size=50280, hidden_size=768, num_hidden_layers=24, intermediate_size=1536, state_size=16)
+KINDS = ("hf_forward", "own_forward", "explain", "hf_gxi", "ig")
+
+
+def build(device):
+    import torch
+    from transformers import MambaConfig, MambaForCausalLM
+
+    torch.manual_seed(0)
+    return MambaForCausalLM(MambaConfig(**MODEL)).to(device).eval()
+
+
+def worker(kind: str, T: int, device: str, checkpoint: str | None) -> dict:
+    """Run one measurement in this process; returns seconds and peak bytes."""
+    import torch
+
+    import mambalrp_tools as mlt
+
+    model = build(device)
+    ids = torch.randint(0, MODEL["vocab_size"], (1, T), generator=torch.Generator().manual_seed(1)).to(device)
+    ck = {"auto": None, "off": False}.get(checkpoint, checkpoint)
+
+    def run():
+        if kind == "hf_forward":
+            with torch.no_grad():
+                model(ids, logits_to_keep=1)
+        elif kind == "own_forward":
+            with torch.no_grad(), mlt.lrp_mode(model, seq_len=T):
+                model(ids, logits_to_keep=1)
+        elif kind == "explain":
+            mlt.explain(model, ids, target=0, checkpoint=ck)
+        elif kind == "hf_gxi":
+            emb = model.get_input_embeddings()(ids).detach().requires_grad_()
+            model(inputs_embeds=emb, logits_to_keep=1).logits[0, -1, 0].backward()
+            (emb * emb.grad).sum(-1)
+            model.zero_grad(set_to_none=True)
+        elif kind == "ig":
+            mlt.explain(model, ids, target=0, method="integrated_gradients", n_steps=50, internal_batch_size=10,
+                        checkpoint=ck)
+
+    gpu = device.startswith("cuda")
+    repeats = 1
+    if gpu:  # warm up kernels and the allocator on a short input, then time the median of 3
+        run() if T <= 8192 else None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        repeats = 3 if T <= 65536 else 1
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        if gpu:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() if gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"seconds": sorted(times)[len(times) // 2], "peak_bytes": peak}
+
+
+def measure(kind, T, device, checkpoint, timeout):
+    cmd = [sys.executable, __file__, "--worker", kind, "--lengths", str(T), "--device", device,
+           "--checkpoint", checkpoint]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout}s"}
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        err = (out.stderr.strip().splitlines() or ["?"])[-1]
+        return {"error": err[:160]}
+    return json.loads(lines[-1])
+
+
+def machine(device) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 8192])
+    p.add_argument("--hf-grad-max", type=int, default=1024, help="longest T for transformers' GxI (its CPU path stores every state)")
+    p.add_argument("--hf-forward-max", type=int, default=1 << 30)
+    p.add_argument("--ig-lengths", type=int, nargs="*", default=[1024])
+    p.add_argument("--checkpoint", default="auto", help="auto | off | device | cpu (explain's layer recomputation)")
+    p.add_argument("--timeout", type=int, default=1800)
+    p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.lengths[0], args.device, args.checkpoint)))
+        return
+
+    import torch
+    import transformers
+
+    import mambalrp_tools
+
+    from mambalrp_tools.backends import resolve
+
+    backend = resolve("auto", torch.device(args.device)).name
+    print(f"# {machine(args.device)}; torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"mambalrp_tools {mambalrp_tools.__version__}, backend {backend}")
+    rows = []
+    header = ("T", "explain s", "explain/HF fwd", "explain/own fwd", "explain/HF GxI", "IG/HF fwd",
+              "peak explain", "peak HF fwd", "tokens/s")
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header), flush=True)
+    for T in args.lengths:
+        r = {"T": T}
+        for kind in KINDS:
+            skip = (kind == "hf_gxi" and T > args.hf_grad_max) or (kind == "ig" and T not in args.ig_lengths) or (
+                kind == "hf_forward" and T > args.hf_forward_max)
+            r[kind] = None if skip else measure(kind, T, args.device, args.checkpoint, args.timeout)
+        rows.append(r)
+
+        def sec(k):
+            return (r.get(k) or {}).get("seconds")
+
+        def ratio(a, b):
+            return f"{sec(a) / sec(b):.2f}x" if sec(a) and sec(b) else "-"
+
+        def gib(k):
+            b = (r.get(k) or {}).get("peak_bytes")
+            return f"{b / 2**30:.2f} GiB" if b else "-"
+
+        e = sec("explain")
+        cells = [T, f"{e:.2f}" if e else (r["explain"] or {}).get("error", "-"), ratio("explain", "hf_forward"),
+                 ratio("explain", "own_forward"), ratio("explain", "hf_gxi"), ratio("ig", "hf_forward"),
+                 gib("explain"), gib("hf_forward"), f"{T / e:,.0f}" if e else "-"]
+        print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
+    errors = {f"{r['T']}/{k}": r[k]["error"] for r in rows for k in KINDS if r.get(k) and "error" in r[k]}
+    for where, err in errors.items():
+        print(f"# {where}: {err}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(args.device), "torch": torch.__version__,
+                       "transformers": transformers.__version__, "backend": backend, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

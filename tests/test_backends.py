@@ -1,0 +1,78 @@
+"""Every backend against the reference path (PyTorch chunked scan on CPU), and the GPU kernels path.
+
+GPU cases skip on machines without CUDA (or without mamba-ssm / causal-conv1d) and say why.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mambalrp_tools as mlt
+from mambalrp_tools.backends import cuda_kernels, resolve
+
+from conftest import assert_untouched, snapshot, tiny_model
+
+HAS_CUDA = torch.cuda.is_available()
+BACKENDS = [
+    pytest.param("cpu", "torch", id="torch-cpu"),
+    pytest.param("cuda", "torch", id="torch-cuda",
+                 marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")),
+    pytest.param("cuda", "cuda", id="mamba-ssm-kernels",
+                 marks=pytest.mark.skipif(not HAS_CUDA or cuda_kernels() is None,
+                                          reason="needs a CUDA GPU with mamba-ssm and causal-conv1d installed")),
+]
+
+
+def _inputs(T=96, batch=2, seed=3):
+    return torch.randint(0, 97, (batch, T), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+@pytest.mark.parametrize("method", ["mambalrp", "gradient_x_input", "lrp_ln"])
+def test_backend_matches_reference(arch, device, backend, method):
+    ids = _inputs()
+    reference = mlt.explain(tiny_model(arch, zero_biases=True), ids, method=method, backend="torch")
+    model = tiny_model(arch, zero_biases=True).to(device)
+    snap = snapshot(model)
+    expl = mlt.explain(model, ids, method=method, backend=backend, chunk_size=32)
+    assert_untouched(model, snap)
+    assert torch.equal(expl.target, reference.target)
+    torch.testing.assert_close(expl.logit, reference.logit, rtol=1e-4, atol=1e-5)
+    scale = reference.relevance.abs().max()
+    torch.testing.assert_close(expl.relevance / scale, reference.relevance / scale, rtol=1e-4, atol=1e-4)
+    if method == "mambalrp":
+        assert float(expl.conservation_error.max()) < 1e-4  # float32 GPU reductions are reordered
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+def test_backend_forward_values_unchanged(arch, device, backend):
+    model = tiny_model(arch).to(device)
+    ids = _inputs().to(device)
+    with torch.no_grad():
+        plain = model(ids).logits
+        with mlt.lrp_mode(model, backend=backend):
+            patched = model(ids).logits
+    torch.testing.assert_close(patched, plain, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("checkpoint", [False, "device", "cpu"])
+def test_recomputation_gives_identical_relevance(arch, checkpoint):
+    model = tiny_model(arch, zero_biases=True)
+    ids = _inputs(T=64)
+    reference = mlt.explain(model, ids, checkpoint=False)
+    for method in ("mambalrp", "integrated_gradients"):
+        expl = mlt.explain(model, ids, method=method, checkpoint=checkpoint, **({"n_steps": 8} if method != "mambalrp" else {}))
+        base = reference if method == "mambalrp" else mlt.explain(model, ids, method=method, checkpoint=False, n_steps=8)
+        torch.testing.assert_close(expl.relevance, base.relevance, rtol=0, atol=1e-6)
+    assert all(p.grad is None for p in model.parameters()), "recomputation must not accumulate weight gradients"
+
+
+def test_auto_backend_choice():
+    assert resolve("auto", torch.device("cpu")).name == "torch"
+    with pytest.raises(ValueError, match="CUDA device"):
+        resolve("cuda", torch.device("cpu"))
+    with pytest.raises(ValueError, match="unknown backend"):
+        resolve("triton", torch.device("cpu"))
+    if HAS_CUDA and cuda_kernels() is not None:
+        assert resolve("auto", torch.device("cuda")).name == "cuda"
