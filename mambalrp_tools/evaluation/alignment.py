@@ -72,7 +72,7 @@ def alignment_matrix(model, example, method="mambalrp", tokenizer=None, **kwargs
 def _n_copied(example) -> int:
     """How many source symbols are already copied at the end of the input (meta, else the evidence index)."""
     meta = example.meta or {}
-    for key in ("n_copied", "copied", "j"):
+    for key in ("n_copied", "index", "copied", "j"):
         if key in meta:
             return int(meta[key])
     src = torch.as_tensor(example.candidates).long()

@@ -63,8 +63,7 @@ def _value(text):
 
 def run(args) -> int:
     from .. import load_model
-    from . import (conservation, copy_alignment, faithfulness, gender_bias, load_examples, long_range,
-                   needle_grid, randomization_check)
+    from .runs import RunLocked, RunMismatch
 
     task = args.task
     if task is None:
@@ -89,6 +88,33 @@ def run(args) -> int:
                   progress=not args.quiet, model_name=args.model, info=info)
     target = {"target": args.target} if args.target else {}
     a = args.analysis
+    try:
+        result = _dispatch(a, args, model, tokenizer, task, task_params, common, target)
+    except (RunMismatch, RunLocked) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(result)
+    if a == "bias":
+        print("counterfactual:", json.dumps(result.summary["counterfactual"], indent=1))
+    if not args.no_figures:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from .common import save_figure
+
+        for name, fig in result.figures().items():
+            save_figure(fig, name, directory=result.run_dir / "figures")
+            plt.close(fig)
+    print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def _dispatch(a, args, model, tokenizer, task, task_params, common, target):
+    from . import (conservation, copy_alignment, faithfulness, gender_bias, load_examples, long_range,
+                   needle_grid, randomization_check)
+
     if a == "needle":
         result = needle_grid(model, [int(v) for v in args.context_lengths.split(",")],
                              [float(v) for v in args.depths.split(",")], n=args.n, seed=args.seed,
@@ -108,19 +134,4 @@ def run(args) -> int:
             result = long_range(model, examples, k=args.k, batch_size=args.batch_size, **target, **common)
         else:
             result = randomization_check(model, examples, seed=args.seed, **target, **common)
-    print(result)
-    if a == "bias":
-        print("counterfactual:", json.dumps(result.summary["counterfactual"], indent=1))
-    if not args.no_figures:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from .common import save_figure
-
-        for name, fig in result.figures().items():
-            save_figure(fig, name, directory=result.run_dir / "figures")
-            plt.close(fig)
-    print(f"run folder: {result.run_dir}")
-    return 0
+    return result

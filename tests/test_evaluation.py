@@ -1,0 +1,572 @@
+"""Evaluation library: metrics on hand-built cases with known answers, resumable runs, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+import mambalrp_tools as mlt
+from mambalrp_tools import evaluation as ev
+from mambalrp_tools.evaluation import runs
+from mambalrp_tools.evaluation.bias import paired_tests
+from mambalrp_tools.evaluation.faithfulness import curve_masks, perturbation_curves, step_counts
+from mambalrp_tools.evaluation.long_range import top_k_distances
+from mambalrp_tools.tasks.base import Example
+
+from conftest import tiny_config, tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The machines are shared: one thread is many times faster than two under contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ hand-built model with known answers
+
+
+class Additive(nn.Module):
+    """logits[b, t] = sum_{s <= t} W[ids_s]: the exact relevance of token s for class c is W[ids_s, c].
+
+    Token 0 (pad) has a zero row, so replacing by pad, zeroing the embedding and deleting a token all
+    remove exactly its contribution."""
+
+    def __init__(self, vocab=30, classes=3, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.emb = nn.Embedding(vocab, classes)
+        with torch.no_grad():
+            self.emb.weight.copy_(torch.randn(vocab, classes, generator=g))
+            self.emb.weight[0].zero_()
+        self.head = nn.Linear(classes, classes, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.eye(classes))
+        self.config = SimpleNamespace(pad_token_id=0, _name_or_path="additive")
+
+    def get_input_embeddings(self):
+        return self.emb
+
+    def get_output_embeddings(self):
+        return self.head
+
+    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, **kw):
+        e = self.emb(input_ids) if inputs_embeds is None else inputs_embeds
+        if attention_mask is not None:
+            e = e * attention_mask[..., None]
+        return SimpleNamespace(logits=self.head(e).cumsum(1))
+
+
+def contributions(model, ids, target):
+    return model.emb.weight[ids, target].detach()
+
+
+def perfect(model, ids, target, mask):
+    return torch.stack([contributions(model, ids[i], int(target[i])) for i in range(ids.shape[0])])
+
+
+def reversed_(model, ids, target, mask):
+    return -perfect(model, ids, target, mask)
+
+
+def noise(model, ids, target, mask):
+    g = torch.Generator().manual_seed(int(ids.sum()))
+    return torch.randn(ids.shape, generator=g)
+
+
+def additive_examples(n=12, T=10, vocab=30, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(1, vocab, (T,), generator=g)
+        out.append(Example(ids, int(torch.randint(0, 3, (1,), generator=g)), torch.tensor([0])))
+    return out
+
+
+# ------------------------------------------------------------------ method specs
+
+
+def test_method_specs():
+    assert ev.parse_method("mambalrp").label == "mambalrp"
+    abl = ev.parse_method("mambalrp:-ssm")
+    assert abl.name == "mambalrp" and abl.kwargs == {"rules": {"ssm": False}}
+    assert ev.parse_method(("mambalrp", {"ssm": False})).label == "mambalrp:-ssm"
+    assert ev.parse_method("mambalrp:-ssm-gate").label == ev.parse_method("mambalrp:-gate:-ssm").label
+    assert ev.parse_method("mambalrp:+ssm").label == "mambalrp"  # on is the default
+    assert ev.parse_method("gi").label == "gradient_x_input"
+    assert ev.parse_method("random:seed=3").kwargs == {"seed": 3}
+    assert [s.label for s in ev.parse_methods("mambalrp,mambalrp:-norm,gi")] == \
+        ["mambalrp", "mambalrp:-norm", "gradient_x_input"]
+    with pytest.raises(ValueError, match="unknown MambaLRP rule"):
+        ev.parse_method("mambalrp:-sssm")
+    with pytest.raises(ValueError, match="mambalrp"):
+        ev.parse_method("gradient:-ssm")
+    with pytest.raises(ValueError, match="unknown method"):
+        ev.parse_method("nonsense")
+    with pytest.raises(ValueError, match="twice"):
+        ev.parse_methods("gi,gradient_x_input")
+
+
+# ------------------------------------------------------------------ faithfulness: known answers
+
+
+def test_step_counts_and_masks():
+    assert step_counts(10, 20) == list(range(11))  # fewer tokens than steps: every token
+    assert step_counts(100, 4) == [0, 25, 50, 75, 100]
+    x, masks = curve_masks(torch.tensor([0.5, 3.0, -1.0, 2.0]), steps=10)
+    assert x == [0, 0.25, 0.5, 0.75, 1.0]
+    assert masks["morf"][1].tolist() == [True, False, True, True]  # most relevant (3.0) removed first
+    assert masks["lerf"][1].tolist() == [True, True, False, True]  # least relevant (-1.0) removed first
+    assert masks["ins_morf"][1].tolist() == [False, True, False, False]
+    assert masks["ins_lerf"][0].tolist() == [False] * 4 and masks["ins_lerf"][-1].all()
+
+
+def test_perturbation_curves_known_answers():
+    w = torch.tensor([3.0, -1.0, 0.5, 2.0, -2.0, 0.25, 1.5, -0.5], dtype=torch.float64)
+
+    def score(keep):  # additive: f = sum of the present tokens' contributions
+        return (keep.double() * w).sum(-1)
+
+    best = perturbation_curves(score, w)
+    rev = perturbation_curves(score, -w)
+    # perfect: MoRF drops fastest; the exact areas for this w (T = 8, x = k/8)
+    assert best["morf"][0] == pytest.approx(float(w.sum())) and best["morf"][-1] == pytest.approx(0.0)
+    assert best["lerf"][1] == pytest.approx(float(w.sum() + 2.0))
+    assert rev["delta_af"] == pytest.approx(-best["delta_af"], abs=1e-12)
+    assert best["delta_ins"] == pytest.approx(best["delta_af"])  # same inputs with a replacement token
+    g = torch.Generator().manual_seed(0)
+    randoms = [perturbation_curves(score, torch.randn(8, generator=g, dtype=torch.float64))["delta_af"]
+               for _ in range(200)]
+    # with an additive f the relevance order is optimal: no random order beats it, none is worse than reversed
+    assert max(randoms) <= best["delta_af"] + 1e-9 and min(randoms) >= rev["delta_af"] - 1e-9
+    assert abs(sum(randoms) / len(randoms)) < 0.15 * best["delta_af"]  # random is centred near 0
+
+
+@pytest.mark.parametrize("replacement", ["pad", "zero", "delete", 0])
+def test_faithfulness_on_hand_built_model(replacement):
+    model = Additive()
+    exs = additive_examples()
+    res = ev.faithfulness(model, exs, [("perfect", perfect), ("reversed", reversed_), ("random", noise)],
+                          replacement=replacement, target="label", progress=False)
+    s = res.summary["methods"]
+    assert s["perfect"]["delta_af"] > 0.5
+    assert s["reversed"]["delta_af"] == pytest.approx(-s["perfect"]["delta_af"], abs=1e-5)
+    assert s["reversed"]["delta_af"] < s["random"]["delta_af"] < s["perfect"]["delta_af"]
+    assert res.summary["ranking_delta_af"] == ["perfect", "random", "reversed"]
+    for r in res.records:  # f at x = 0 is the unperturbed logit, at x = 1 nothing is left (pad row is 0)
+        assert r["morf"][0] == pytest.approx(r["f"], abs=1e-5)
+        assert r["morf"][-1] == pytest.approx(0.0, abs=1e-5)
+        assert r["x"][0] == 0 and r["x"][-1] == 1
+    assert len(res.records) == 3 * len(exs)
+    assert {r["sample"] for r in res.records} == set(range(len(exs)))
+
+
+def test_faithfulness_unk_needs_a_token():
+    with pytest.raises(ValueError, match="unk"):
+        ev.faithfulness(Additive(), additive_examples(2), [("perfect", perfect)], replacement="unk", progress=False)
+
+
+def test_faithfulness_on_tiny_mamba_with_ablation():
+    model = tiny_model("mamba", seed=0)
+    g = torch.Generator().manual_seed(0)
+    exs = [Example(torch.randint(1, 97, (9,), generator=g), 1, torch.tensor([0])) for _ in range(2)]
+    res = ev.faithfulness(model, exs, ["mambalrp", "mambalrp:-ssm", "random"], replacement="pad", steps=4,
+                          progress=False)
+    assert [r["method"] for r in res.records].count("mambalrp:-ssm") == 2
+    for r in res.records:
+        assert len(r["x"]) == 5 and math.isfinite(r["delta_af"])
+        assert r["morf"][0] == pytest.approx(r["f"], rel=1e-4, abs=1e-4)  # patched and plain forward agree
+    assert set(res.summary["methods"]) == {"mambalrp", "mambalrp:-ssm", "random"}
+    fig = res.plot()
+    assert len(fig.axes) == 2
+
+
+# ------------------------------------------------------------------ alignment, needle, long range, bias
+
+
+def test_alignment_scores_known_answers():
+    ev_pos, cand = torch.tensor([3]), torch.arange(0, 6)
+    good = torch.tensor([0.1, 0.2, 0.0, 5.0, 0.3, 0.1, 9.0])  # position 6 is outside the candidates
+    s = ev.alignment_scores(good, ev_pos, cand)
+    assert s["auc"] == 1.0 and s["top1"] == 1.0 and s["top1_position"] == 3
+    s = ev.alignment_scores(-good, ev_pos, cand)
+    assert s["auc"] == 0.0 and s["top1"] == 0.0
+    flat = ev.alignment_scores(torch.zeros(7), ev_pos, cand)  # ties: chance, and no free top-1 hit
+    assert flat["auc"] == 0.5 and flat["top1"] == 0.0
+    g = torch.Generator().manual_seed(0)
+    aucs = [ev.alignment_scores(torch.randn(7, generator=g), ev_pos, cand)["auc"] for _ in range(400)]
+    assert abs(sum(aucs) / len(aucs) - 0.5) < 0.05
+
+
+def test_roc_auc_matches_pair_counting():
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randint(0, 5, (40,), generator=g).tolist()  # many ties
+    pos = (torch.rand(40, generator=g) < 0.3).tolist()
+    pairs = [(a, b) for a, pa in zip(scores, pos) if pa for b, pb in zip(scores, pos) if not pb]
+    brute = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
+    assert ev.roc_auc(scores, pos) == pytest.approx(brute)
+
+
+def test_copy_alignment_end_to_end():
+    model = Additive(vocab=30, classes=30)
+    exs = []
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        ids = torch.randperm(29, generator=g)[:8] + 1
+        exs.append(Example(ids, int(ids[2]), torch.tensor([2]), torch.arange(6)))
+    res = ev.copy_alignment(model, exs, [("perfect", perfect), ("reversed", reversed_), ("random", noise)],
+                            progress=False)
+    s = res.summary["methods"]
+    assert s["reversed"]["auc"] == pytest.approx(1 - s["perfect"]["auc"])
+    for r in res.records:
+        assert 0 <= r["auc"] <= 1 and r["top1"] in (0.0, 1.0)
+
+
+def test_needle_share_and_grid():
+    assert ev.needle_share(torch.tensor([1.0, -5.0, 3.0, 0.0]), torch.tensor([2])) == pytest.approx(0.75)
+    model = Additive(vocab=30, classes=30)
+
+    def make(L, d, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        out = []
+        for _ in range(n):
+            ids = torch.randint(1, 30, (L,), generator=g)
+            at = min(L - 1, int(d * (L - 1)))
+            out.append(Example(ids, int(ids[at]), torch.tensor([at])))
+        return out
+
+    res = ev.needle_grid(model, [6, 8], [0.0, 1.0], [("perfect", perfect)], n=3, make_examples=make,
+                         progress=False)
+    assert len(res.records) == 2 * 2 * 3
+    assert res.cell_table("perfect", "accuracy").shape == (2, 2)
+    fig = res.plot("perfect")
+    assert len(fig.axes) >= 2
+
+
+def test_top_k_distances():
+    rel = torch.tensor([5.0, 0.0, 1.0, 4.0, 0.5])
+    assert top_k_distances(rel, 2) == [1, 4]  # positions 3 and 0, explained at 4
+    assert top_k_distances(rel, 10) == [0, 1, 2, 3, 4]
+    assert top_k_distances(rel, 1, position=2) == [2]  # later tokens are not seen
+    res = ev.long_range(Additive(), additive_examples(4), k=3, methods=[("perfect", perfect)], target="label",
+                        progress=False)
+    assert all(len(r["distances"]) == 3 and max(r["distances"]) <= 9 for r in res.records)
+
+
+def test_paired_tests():
+    a = [0.9, 0.8, 0.85, 0.95, 0.7, 0.88, 0.91, 0.8, 0.83, 0.9, 0.86, 0.92]
+    b = [v - 0.3 + 0.01 * i for i, v in enumerate(a)]
+    t = paired_tests(a, b)
+    assert t["wilcoxon_p"] < 0.01 and t["ttest_p"] < 0.01 and t["mean_diff"] > 0.2
+    assert math.isnan(paired_tests(a, a)["wilcoxon_p"])
+
+
+def test_gender_bias_on_hand_built_shortcut():
+    """Token 1 = 'he', 2 = 'she'; the model pushes class 0 for 'he' and class 1 for 'she'."""
+    model = Additive(vocab=12, classes=2)
+    with torch.no_grad():
+        model.emb.weight[3:] *= 0.1
+        model.emb.weight[1] = torch.tensor([3.0, -3.0])
+        model.emb.weight[2] = torch.tensor([-3.0, 3.0])
+    g = torch.Generator().manual_seed(0)
+    exs = []
+    for i in range(16):
+        gender = "male" if i % 4 else "female"
+        label = 0 if i % 2 else 1
+        ids = torch.randint(3, 12, (7,), generator=g)
+        ids[2] = 1 if gender == "male" else 2
+        exs.append(Example(ids, label, torch.tensor([2]), meta={"gender": gender, "occupation": f"job{label}"}))
+
+    def swap(ex):
+        ids = ex.input_ids.clone()
+        ids[2] = 3 - ids[2]
+        return Example(ids, ex.target, ex.evidence, meta={**ex.meta, "gender": "x"})
+
+    res = ev.gender_bias(model, exs, [("perfect", perfect)], swap=swap, min_count=1, progress=False)
+    cf = res.summary["counterfactual"]
+    assert cf["stereotype"]["mean_diff"] > 0.5 and cf["stereotype"]["wilcoxon_p"] < 0.01
+    assert cf["flip_rate"] > 0.5
+    rel = res.summary["gendered_relevance"]
+    assert rel["job0"]["male"]["mean"] == pytest.approx(3.0) and rel["job1"]["male"]["mean"] == pytest.approx(-3.0)
+    top = res.summary["top_tokens"]["perfect"]
+    assert top["job0"][0]["token"] == "1" and top["job1"][0]["token"] == "2"
+    res.plot()
+
+
+# ------------------------------------------------------------------ conservation, randomisation, generation
+
+
+def test_conservation_mambalrp_vs_gi():
+    model = tiny_model("mamba", seed=0, zero_biases=True)
+    g = torch.Generator().manual_seed(0)
+    exs = [Example(torch.randint(1, 97, (8 + i % 2,), generator=g), 3, torch.tensor([0])) for i in range(4)]
+    res = ev.conservation(model, exs, ["mambalrp", "gi"], batch_size=2, progress=False)
+    s = res.summary["methods"]
+    assert s["mambalrp"]["max_rel_error"] < 1e-4
+    assert s["gradient_x_input"]["median_rel_error"] > 1e-2
+    one = ev.conservation(model, exs, ["mambalrp"], progress=False)  # batching changes no number
+    a = {r["sample"]: r["sum_r"] for r in res.records if r["method"] == "mambalrp"}
+    b = {r["sample"]: r["sum_r"] for r in one.records}
+    assert all(a[k] == pytest.approx(b[k], rel=1e-5) for k in a)
+    assert len(res.plot().axes) == 2
+
+
+def test_randomization_check():
+    model = tiny_model("mamba", seed=0)
+    g = torch.Generator().manual_seed(0)
+    exs = [Example(torch.randint(1, 97, (10,), generator=g), 1, torch.tensor([0])) for _ in range(2)]
+    snap = {k: v.clone() for k, v in model.state_dict().items()}
+    res = ev.randomization_check(model, exs, ["mambalrp", "random"], progress=False)
+    assert all(torch.equal(v, snap[k]) for k, v in model.state_dict().items())  # trained model untouched
+    names = res.summary["stages"]
+    assert names[0] == "trained" and names[1] == "head" and names[-1] == "embeddings"
+    rnd = res.summary["methods"]["random"]["spearman"]
+    assert rnd == pytest.approx([1.0] * len(names))  # ignores the model: fails the sanity check, as it should
+    lrp = res.summary["methods"]["mambalrp"]["spearman"]
+    assert lrp[0] == 1.0 and min(lrp[1:]) < 0.9
+
+
+def test_explain_generation_equals_single_explanations():
+    model = tiny_model("mamba", seed=1)
+    prompt = torch.randint(1, 97, (6,), generator=torch.Generator().manual_seed(0))
+    gen = ev.explain_generation(model, prompt, max_new_tokens=4, batch_size=3)
+    assert gen.relevance.shape == (4, 10) and gen.token_attr.shape == (4, 6)
+    with torch.no_grad():  # greedy outputs are the model's argmax
+        logits = model(gen.input_ids[None]).logits[0]
+    assert torch.equal(logits[5:9].argmax(-1), gen.output_ids)
+    for j in range(4):
+        p = 6 + j
+        single = mlt.explain(model, gen.input_ids[:p][None], target=int(gen.input_ids[p]))
+        assert torch.allclose(gen.relevance[j, :p], single.relevance[0], atol=1e-5)
+        assert float(gen.logits[j]) == pytest.approx(float(single.logit[0]), rel=1e-5)
+        assert not gen.relevance[j, p:].any()
+    given = ev.explain_generation(model, prompt, target_ids=[5, 6], method="mambalrp:-ssm")
+    assert given.method == "mambalrp:-ssm" and given.output_ids.tolist() == [5, 6]
+    gen.plot()
+
+
+# ------------------------------------------------------------------ runs
+
+
+def _no_pickle(folder: Path):
+    for p in folder.rglob("*"):
+        if p.is_file():
+            assert p.suffix not in (".pkl", ".pickle", ".pt", ".pth", ".npy", ".joblib"), p
+            head = p.read_bytes()[:2]
+            assert not (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05"), f"{p} looks like a pickle"
+
+
+def test_run_resume_skips_finished_and_never_rewrites(tmp_path):
+    model, exs = Additive(), additive_examples(6)
+    calls = []
+
+    def counted(model, ids, target, mask):
+        calls.append(int(ids.sum()))
+        return perfect(model, ids, target, mask)
+
+    out = tmp_path / "run"
+    first = ev.faithfulness(model, exs[:6], [("p", counted)], replacement="pad", out=out, progress=False)
+    lines = (out / runs.RECORDS).read_bytes()
+    assert len(calls) == 6 and len(lines.splitlines()) == 6
+    manifest = json.loads((out / runs.MANIFEST).read_text())
+    assert manifest["analysis"] == "faithfulness" and manifest["params"]["replacement"] == "pad"
+    assert manifest["versions"]["torch"] and manifest["n"] == 6
+    again = ev.faithfulness(model, exs[:6], [("p", counted)], replacement="pad", out=out, progress=False)
+    assert len(calls) == 6  # nothing recomputed
+    assert (out / runs.RECORDS).read_bytes() == lines
+    assert again.summary == first.summary
+    # a torn last line (kill mid-write) is dropped and that sample recomputed, once
+    with open(out / runs.RECORDS, "rb+") as fh:
+        fh.truncate(len(lines) - 7)
+    ev.faithfulness(model, exs[:6], [("p", counted)], replacement="pad", out=out, progress=False)
+    recs = runs.read_records(out)
+    assert len(calls) == 7 and sorted(r["sample"] for r in recs) == list(range(6))
+    assert (out / runs.RECORDS).read_bytes()[: len(lines) - 200] == lines[: len(lines) - 200]
+    _no_pickle(out)
+
+
+def test_run_mismatch_refused_unless_overwrite(tmp_path):
+    model, exs = Additive(), additive_examples(3)
+    out = tmp_path / "run"
+    ev.faithfulness(model, exs, [("perfect", perfect)], replacement="pad", out=out, progress=False)
+    with pytest.raises(ev.RunMismatch, match="params.*overwrite"):
+        ev.faithfulness(model, exs, [("perfect", perfect)], replacement="zero", out=out, progress=False)
+    with pytest.raises(ev.RunMismatch, match="examples"):
+        ev.faithfulness(model, additive_examples(3, seed=9), [("perfect", perfect)], replacement="pad", out=out,
+                        progress=False)
+    with pytest.raises(ev.RunMismatch, match="analysis"):
+        ev.conservation(model, exs, [("perfect", perfect)], out=out, progress=False)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("mine")
+    with pytest.raises(ev.RunMismatch, match="no manifest"):
+        ev.conservation(model, exs, [("perfect", perfect)], out=tmp_path / "junk", progress=False)
+    res = ev.faithfulness(model, exs, [("perfect", perfect)], replacement="zero", out=out, overwrite=True,
+                          progress=False)
+    assert len(runs.read_records(out)) == 3 and res.params["replacement"] == "zero"
+    assert json.loads((out / runs.MANIFEST).read_text())["params"]["replacement"] == "zero"
+
+
+def test_run_lock_and_write_rules(tmp_path):
+    ident = {"analysis": "x", "model": "m", "examples": "e", "methods": [], "params": {}}
+    with runs.Run(tmp_path / "r", ident) as run:
+        with pytest.raises(ev.RunLocked):
+            runs.Run(tmp_path / "r", ident)
+        run.write({"sample": 0, "method": "a", "v": 1})
+        with pytest.raises(ValueError, match="never rewritten"):
+            run.write({"sample": 0, "method": "a", "v": 2})
+        with pytest.raises(ValueError, match="sample"):
+            run.write({"method": "a"})
+    with runs.Run(tmp_path / "r", ident) as run:  # lock released on close
+        assert run.done(0, "a") and not run.done(1, "a") and run.records[0]["v"] == 1
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys, time, torch
+    sys.path.insert(0, {tests!r})
+    torch.set_num_threads(1)
+    from conftest import tiny_model
+    from mambalrp_tools import evaluation as ev
+    from mambalrp_tools.tasks.base import Example
+
+    def slow(model, ids, target, mask):   # a method slow enough that the kill lands mid-run
+        time.sleep(0.15)
+        return torch.arange(ids.shape[1], dtype=torch.float32).expand(ids.shape).clone()
+
+    model = tiny_model("mamba", seed=0, zero_biases=True)
+    g = torch.Generator().manual_seed(0)
+    exs = [Example(torch.randint(1, 97, (6 + i % 3,), generator=g), 1, torch.tensor([0])) for i in range(12)]
+    ev.conservation(model, exs, ["mambalrp", ("slow", slow)], out=sys.argv[1], progress=False)
+    print("DONE")
+""")
+
+
+def test_resume_after_kill(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(KILL_SCRIPT.format(tests=str(ROOT / "tests")))
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    records = out / runs.RECORDS
+    deadline = time.time() + 240
+    while time.time() < deadline:  # mambalrp finishes its 12 quickly; kill during the slow method
+        if records.exists() and len(records.read_bytes().splitlines()) >= 15:
+            break
+        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = records.read_bytes()
+    n_before = len(before.splitlines())
+    assert 15 <= n_before < 24, "the kill must land mid-run"
+    done = subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and "DONE" in done.stdout, done.stderr[-2000:]
+    after = records.read_bytes()
+    keep = before[: before.rfind(b"\n") + 1]
+    assert after.startswith(keep)  # what was written before the kill is untouched
+    recs = runs.read_records(out)
+    pairs = [(r["sample"], r["method"]) for r in recs]
+    assert len(pairs) == len(set(pairs)) == 24  # no duplicate, no lost row
+    assert set(pairs) == {(i, m) for i in range(12) for m in ("mambalrp", "slow")}
+    summary = json.loads((out / runs.SUMMARY).read_text())
+    assert summary["methods"]["mambalrp"]["n"] == 12
+    _no_pickle(out)
+
+
+# ------------------------------------------------------------------ CLI
+
+
+@pytest.fixture(scope="module")
+def saved_tiny(tmp_path_factory):
+    """A tiny random classifier and a word-level tokenizer saved as a model folder, plus a task file."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    d = tmp_path_factory.mktemp("tiny")
+    vocab = {"[PAD]": 0, "[UNK]": 1, **{f"w{i}": i for i in range(2, 40)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
+    fast.save_pretrained(d)
+    config = tiny_config("mamba", vocab_size=40, num_labels=2, pad_token_id=0)
+    torch.manual_seed(0)
+    mlt.make_classifier(config).save_pretrained(d)
+    g = torch.Generator().manual_seed(0)
+    exs = [Example(torch.randint(2, 40, (7,), generator=g), i % 2, torch.tensor([1]), torch.arange(4))
+           for i in range(4)]
+    ev.save_examples(exs, d / "task.jsonl")
+    return d
+
+
+def _cli(*argv):
+    from mambalrp_tools.cli import main
+
+    return main(["evaluate", *argv])
+
+
+def test_cli_smoke_tiny_model(saved_tiny, tmp_path, capsys):
+    out = tmp_path / "faith"
+    args = ["faithfulness", "--model", str(saved_tiny), "--task", str(saved_tiny / "task.jsonl"),
+            "--methods", "mambalrp,mambalrp:-ssm,gi,random", "--n", "3", "--steps", "4", "--out", str(out), "--quiet"]
+    assert _cli(*args) == 0
+    printed = capsys.readouterr().out
+    assert "mambalrp:-ssm" in printed and "delta_af" in printed
+    recs = runs.read_records(out)
+    assert len(recs) == 12 and {r["method"] for r in recs} == {"mambalrp", "mambalrp:-ssm", "gradient_x_input",
+                                                                   "random"}
+    manifest = json.loads((out / runs.MANIFEST).read_text())
+    assert manifest["task"].endswith("task.jsonl") and manifest["params"]["replacement_id"] == 1  # [UNK]
+    assert (out / "figures" / "faithfulness.png").is_file() and (out / "figures" / "faithfulness.pdf").is_file()
+    assert _cli(*args) == 0  # resumes: nothing new
+    assert runs.read_records(out) == recs
+    assert _cli(*[a if a != "4" else "5" for a in args]) == 2  # another command: refused
+    assert "overwrite" in capsys.readouterr().err
+    assert _cli(*[a if a != "4" else "5" for a in args], "--overwrite") == 0
+    for analysis in ("conservation", "long-range", "randomization"):
+        o = tmp_path / analysis
+        assert _cli(analysis, "--model", str(saved_tiny), "--task", str(saved_tiny / "task.jsonl"), "--n", "2",
+                    "--out", str(o), "--quiet", "--no-figures") == 0
+        assert len(runs.read_records(o)) >= 2
+        _no_pickle(o)
+    _no_pickle(out)
+
+
+TOYS = Path(mlt.models.TOY_DIR)
+
+
+def _toy(name):
+    return (TOYS / name / "config.json").is_file()
+
+
+@pytest.mark.parametrize("analysis,model,extra", [
+    ("alignment", "toy/copying", ["--methods", "mambalrp,random", "--task-param", "max_length=12"]),
+    ("faithfulness", "toy/sentiment", ["--methods", "mambalrp,mambalrp:-gate", "--steps", "4"]),
+    ("bias", "toy/bios", []),
+    ("needle", "toy/needle", ["--context-lengths", "64", "--depths", "0.5", "--methods", "mambalrp"]),
+])
+def test_cli_smoke_toy_models(analysis, model, extra, tmp_path):
+    if not _toy(model[len("toy/"):]):
+        pytest.skip(f"{model} is not shipped yet")
+    out = tmp_path / "run"
+    assert _cli(analysis, "--model", model, "--n", "2", "--out", str(out), "--quiet", *extra) == 0
+    recs = runs.read_records(out)
+    assert recs and all("sample" in r and "method" in r for r in recs)
+    assert (out / runs.SUMMARY).is_file() and list((out / "figures").glob("*.png"))
+    _no_pickle(out)
