@@ -17,13 +17,13 @@ from .conservation import conservation
 from .faithfulness import faithfulness, perturbation_curves
 from .generation import GenerationExplanation, explain_generation
 from .long_range import long_range
-from .needle import needle_grid, needle_share
+from .needle import needle_digits, needle_grid, needle_share
 from .randomization import randomization_check
 from .runs import Run, RunLocked, RunMismatch, read_records
 
 __all__ = [
     "GenerationExplanation", "MethodSpec", "Result", "Run", "RunLocked", "RunMismatch", "alignment_matrix",
     "alignment_scores", "conservation", "copy_alignment", "explain_generation", "faithfulness", "gender_bias",
-    "load_examples", "long_range", "needle_grid", "needle_share", "parse_method", "parse_methods",
+    "load_examples", "long_range", "needle_digits", "needle_grid", "needle_share", "parse_method", "parse_methods",
     "perturbation_curves", "randomization_check", "read_examples", "read_records", "roc_auc", "save_examples",
 ]

@@ -150,6 +150,7 @@ def _summarize(records, labels, examples, tokenizer, class_names, top_k, min_cou
     for ex in examples:
         counts[int(ex.target)][(ex.meta or {}).get("gender")] += 1
     majority = {c: cnt.most_common(1)[0][0] for c, cnt in counts.items()}
+    names = {int(ex.target): _name(int(ex.target), (ex.meta or {}).get("occupation"), class_names) for ex in examples}
     maj_p, min_p = [], []
     for r in recs:
         if r["gender"] == majority.get(r["label"]):
@@ -160,7 +161,7 @@ def _summarize(records, labels, examples, tokenizer, class_names, top_k, min_cou
         "swap": paired_tests([r["p_orig"] for r in recs], [r["p_swap"] for r in recs]),
         "stereotype": paired_tests(maj_p, min_p),
         "flip_rate": mean_se(float(r["pred"] != r["pred_swap"]) for r in recs)[0],
-        "majority_gender": {_name(c, None, class_names): g for c, g in sorted(majority.items())},
+        "majority_gender": {names[c]: g for c, g in sorted(majority.items())},
     }
     gendered, top, methods = {}, {}, {}
     for label in labels:

@@ -1,10 +1,13 @@
 """Needle in a haystack on a grid of context length x needle depth.
 
 Per cell: accuracy (the model's argmax at the last position is the example's target, the next code
-digit) and the needle relevance share: the fraction of the positive relevance that sits on the needle
-(`Example.evidence`),
+digit) and the needle relevance share: the fraction of the positive relevance that sits on the needle,
     share = sum_{t in needle} max(R_t, 0) / sum_t max(R_t, 0).
-The summary reports the share over correct retrievals (what the finding is about) and over all.
+"The needle" is the needle sentence span `[meta["needle_start"], meta["needle_end"])` when the task
+gives it ("the secret code is 4 7 1 9"), else `Example.evidence`. Records also hold the share on the
+evidence alone (the code digits, `share_digits`) and on the one digit the target copies
+(`share_answer`, from `meta["answer_position"]`). The summary reports shares over correct retrievals
+(what the finding is about) and over all examples.
 """
 
 from __future__ import annotations
@@ -67,6 +70,29 @@ class NeedleResult(Result):
         return {f"needle_{m.replace(':', '_')}": self.plot(m) for m in self.summary["methods"]}
 
 
+def _needle_positions(ex) -> torch.Tensor:
+    meta = ex.meta or {}
+    if "needle_start" in meta and "needle_end" in meta:
+        return torch.arange(int(meta["needle_start"]), int(meta["needle_end"]))
+    return ex.evidence.long()
+
+
+def needle_digits(model, example, method="mambalrp", tokenizer=None, **kwargs):
+    """The all-digits view: relevance of every code digit, generated after the question (teacher
+    forcing with the true code), over the whole context -> `GenerationExplanation`.
+
+    The prompt is the example without the digits the question already repeats (`meta["given"]`);
+    the outputs are the needle's digit tokens (`Example.evidence`) in order.
+    """
+    from .generation import explain_generation
+
+    given = int((example.meta or {}).get("given", 0))
+    ids = example.input_ids.long()
+    prompt = ids[: ids.shape[0] - given] if given else ids
+    return explain_generation(model, prompt, target_ids=ids[example.evidence.long()], method=method,
+                              tokenizer=tokenizer, **kwargs)
+
+
 def _cell(L, d) -> str:
     return f"{L}@{d:g}"
 
@@ -108,10 +134,15 @@ def needle_grid(model, context_lengths=(128, 256, 512, 1024), depths=(0.0, 0.25,
         recs = []
         for i, (sid, ex) in enumerate(batch):
             r = rel[i]
+            needle = _needle_positions(ex)
+            meta = ex.meta or {}
             recs.append({"sample": sid, "context_length": sid[0], "depth": sid[1], "n_tokens": int(ids.shape[1]),
                          "target": int(tgt[i]), "pred": int(pred[i]), "correct": bool(pred[i] == tgt[i]),
-                         "f": float(f[i]), "share": needle_share(r, ex.evidence),
-                         "top1_on_needle": float(int(torch.argmax(r)) in set(ex.evidence.tolist()))})
+                         "f": float(f[i]), "share": needle_share(r, needle),
+                         "share_digits": needle_share(r, ex.evidence),
+                         "share_answer": needle_share(r, [meta["answer_position"]]) if "answer_position" in meta
+                         else None,
+                         "top1_on_needle": float(int(torch.argmax(r)) in set(needle.tolist()))})
         return recs
 
     try:
@@ -126,6 +157,8 @@ def needle_grid(model, context_lengths=(128, 256, 512, 1024), depths=(0.0, 0.25,
                 "share_correct": mean_se(r["share"] for r in ok)[0],
                 "share_correct_se": mean_se(r["share"] for r in ok)[1],
                 "share_all": mean_se(r["share"] for r in recs)[0],
+                "share_digits_correct": mean_se(r["share_digits"] for r in ok)[0],
+                "share_answer_correct": mean_se(r["share_answer"] for r in ok)[0],
                 "majority_on_needle": mean_se(float(r["share"] > 0.5) for r in ok)[0],
                 "top1_on_needle": mean_se(r["top1_on_needle"] for r in ok)[0],
                 "n": len(recs), "n_correct": len(ok),
