@@ -46,6 +46,11 @@ def explain(
     vocab = model.get_input_embeddings().weight.shape[0]
     _check_ids(ids, vocab)
     _check_position(position, ids.shape[1])
+    if mask is not None and bool((mask[:, position] == 0).any()):
+        raise ValueError(
+            f"position {position} is padding in sample {int(torch.nonzero(mask[:, position] == 0)[0])}: "
+            "pad on the left (the explained token must be a real one) or pick another position"
+        )
     tgt = _as_index(target, ids.shape[0], n_out, tokenizer, "target")
     con = _as_index(contrast, ids.shape[0], n_out, tokenizer, "contrast")
 
@@ -110,10 +115,10 @@ def _as_batch(input_ids, attention_mask, tokenizer):
         raise ValueError(f"input_ids must be a LongTensor [batch, seq_len], a list of ints or text: {err}") from None
     if ids.dim() == 1:
         ids = ids.unsqueeze(0)
+    if ids.numel() == 0:  # before the dtype check: torch.as_tensor([]) is float32
+        raise ValueError(f"empty input (shape {tuple(ids.shape)}); nothing to explain")
     if ids.dim() != 2 or ids.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool):
         raise ValueError(f"input_ids must be integer token ids of shape [batch, seq_len], got {tuple(ids.shape)} {ids.dtype}")
-    if ids.numel() == 0:
-        raise ValueError(f"empty input (shape {tuple(ids.shape)}); nothing to explain")
     ids = ids.long().cpu()
     mask = None
     if attention_mask is not None:
