@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluation.cli import add_parser as add_evaluate
 
     add_evaluate(sub)
+    from .zoo.train import register as register_training  # train-toy, finetune
+
+    register_training(sub)
     return parser
 
 
