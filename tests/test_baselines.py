@@ -321,3 +321,23 @@ def test_hidden_attention_at_earlier_position():
         cut = mlt.explain(model, ids[:, :10], method=method).relevance
         assert torch.equal(r[0, 10:], torch.zeros(6))
         torch.testing.assert_close(r[:, :10], cut)
+
+
+def test_hidden_attention_matrices(arch):
+    from conftest import assert_untouched, snapshot
+
+    from mambalrp_tools.methods.hidden_attention import hidden_attention
+
+    model = tiny_model(arch, seed=1).train()
+    snap = snapshot(model)
+    ids = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    att = hidden_attention(model, ids, attention_mask=mask)
+    assert_untouched(model, snap)  # training flags restored too
+    assert att.shape == (2, 2, 9, 9) and torch.equal(att, att.tril())
+    assert torch.equal(att[:, 1, :, :3], torch.zeros(2, 9, 3))  # padded columns
+    alone = hidden_attention(model, ids[1, 3:])
+    torch.testing.assert_close(att[:, 1, 3:, 3:], alone[:, 0])
+    layers = capture_layers(Query(model.eval(), ids, None, None, None, -1))
+    torch.testing.assert_close(hidden_attention(model, ids)[0], attention_matrix(layers[0]))

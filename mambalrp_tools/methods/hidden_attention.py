@@ -34,12 +34,14 @@ import torch
 from .. import backends
 from ..architectures.mamba import selective_parameters
 from ..rules import Rules
-from .base import register
+from .base import Query, register
 
-#: elements per [batch, rows, d_inner, n] temporary (16 MiB in float32)
-BUDGET = 1 << 22
+#: elements per [batch, rows, d_inner, n] temporary (32 MiB in float32)
+BUDGET = 1 << 23
 #: diagonal tiles at most this many rows wide are computed directly
-LEAF = 16
+LEAF = 8
+#: most rows per block (larger blocks recompute the keys' decays less often)
+MAX_BLOCK = 512
 
 
 @dataclass
@@ -86,18 +88,18 @@ class _Tiler:
 
     def _decay(self, dS):
         """exp(A * dS) for dS [b, d, L] >= 0 -> [b, L, d, n] (<= 1: never overflows)."""
-        return torch.exp(dS.to(self.dtype).transpose(1, 2).unsqueeze(-1) * self.A)
+        return (dS.to(self.dtype).transpose(1, 2).unsqueeze(-1) * self.A).exp_()  # in place: these are the big temporaries
 
     def queries(self, t0, t1, ref):
         """Q[t] = C_t * exp(A (S_t - S_ref)) for rows [t0, t1): [b, L, d*n]."""
         q = self._decay(self.S[:, :, t0:t1] - self.S[:, :, ref : ref + 1])
-        q = q * self.C[:, :, t0:t1].transpose(1, 2).unsqueeze(2)
+        q.mul_(self.C[:, :, t0:t1].transpose(1, 2).unsqueeze(2))
         return q.flatten(2)
 
     def keys(self, s0, s1, ref):
         """K[s] = delta_s B_s exp(A (S_ref - S_s)) for columns [s0, s1), s1 <= ref + 1: [b, L, d*n]."""
         k = self._decay(self.S[:, :, ref : ref + 1] - self.S[:, :, s0:s1])
-        k = k * self.delta[:, :, s0:s1].transpose(1, 2).unsqueeze(-1) * self.B[:, :, s0:s1].transpose(1, 2).unsqueeze(2)
+        k.mul_(self.delta[:, :, s0:s1].transpose(1, 2).unsqueeze(-1)).mul_(self.B[:, :, s0:s1].transpose(1, 2).unsqueeze(2))
         return k.flatten(2)
 
     def off_diagonal(self, q, t0, s0, s1):
@@ -146,7 +148,7 @@ class _Tiler:
 
     def row_blocks(self, end: int, block: int | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
         """(t0, t1, alpha[:, t0:t1, :t1]) for row blocks covering [0, end)."""
-        block = block or max(self.leaf, min(64, self.rows_fit))
+        block = block or max(self.leaf, min(MAX_BLOCK, self.rows_fit))
         for t0 in range(0, end, block):
             t1 = min(t0 + block, end)
             yield t0, t1, self.rows(t0, t1)
@@ -169,8 +171,9 @@ def attention_matrix(layer: LayerSSM, budget: int = BUDGET, leaf: int = LEAF) ->
 def capture_layers(query, grad: bool = False):
     """Run the model once (true values) and return each layer's `LayerSSM`.
 
-    With grad=True also returns df/d(block output) per layer [b, T, hidden]: block l's output is its
-    input plus its mixer's output, so this is the gradient of f w.r.t. the mixer's output.
+    With grad=True (needs `query.target`) also returns df/d(block output) per layer [b, T, hidden]:
+    block l's output is its input plus its mixer's output, so this is the gradient of f w.r.t. the
+    mixer's output.
     """
     mixers = [block.mixer for block in query.model.base_model.layers]
     inputs, outputs, handles = [], [], []
@@ -186,11 +189,15 @@ def capture_layers(query, grad: bool = False):
         handles.append(mixer.register_forward_pre_hook(pre_hook, with_kwargs=True))
         if grad:
             handles.append(mixer.register_forward_hook(post_hook))
+    grads = None
     try:
         embeds = query.embeddings().requires_grad_(grad)
         with query.patched(Rules.none()), torch.set_grad_enabled(grad):
-            f = query.forward_func(embeds, *query.forward_args)
-            grads = torch.autograd.grad(f.sum(), outputs) if grad else None
+            if grad:
+                f = query.forward_func(embeds, *query.forward_args)
+                grads = torch.autograd.grad(f.sum(), outputs)
+            else:  # the backbone alone: no head, no target needed
+                query.model.base_model(inputs_embeds=embeds, attention_mask=query.attention_mask, use_cache=False)
     finally:
         for h in handles:
             h.remove()
@@ -200,9 +207,24 @@ def capture_layers(query, grad: bool = False):
     return (layers, [g.detach() for g in grads]) if grad else layers
 
 
-def hidden_attention(query) -> torch.Tensor:
-    """Every layer's full hidden attention [n_layers, b, T, T] (signed) for `query`; O(T^2) memory per layer."""
-    return torch.stack([attention_matrix(layer) for layer in capture_layers(query)])
+def hidden_attention(model, input_ids, attention_mask=None) -> torch.Tensor:
+    """Every layer's hidden attention, [n_layers, batch, T, T] on CPU (signed, averaged over channels).
+
+    Row t holds how much each earlier token s feeds the layer's scan output at t (columns of padded
+    positions are 0). Memory O(n_layers * T^2): for long inputs use the methods, which need one row only.
+    """
+    ids = torch.as_tensor(input_ids).long()
+    ids = ids[None] if ids.dim() == 1 else ids
+    device = next(model.parameters()).device
+    mask = None if attention_mask is None else torch.as_tensor(attention_mask).reshape(ids.shape).to(device)
+    query = Query(model, ids.to(device), mask, None, None, -1)
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()  # transformers' training path is fused and bypasses the patched forward
+    try:
+        return torch.stack([attention_matrix(layer).cpu() for layer in capture_layers(query)])
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 def rollout_row(layers: list[LayerSSM], position: int, column_weights=None, block: int | None = None,
