@@ -8,6 +8,7 @@ maps to classes (`lm_head = Linear(hidden, num_labels)`), so `model(ids).logits`
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -19,6 +20,8 @@ from transformers.models.falcon_mamba.modeling_falcon_mamba import FalconMambaMo
 from transformers.models.mamba.modeling_mamba import MambaModel, MambaPreTrainedModel
 
 TOY_DIR = Path(__file__).parent / "zoo" / "models"
+#: files of which a local directory must hold one for a tokenizer to be loaded from it
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
 
 
 class _ClassifierMixin:
@@ -97,6 +100,7 @@ def load_model(
 
     The model is in eval mode. Weights load from safetensors. `trust_remote_code` stays off
     unless you turn it on. Offline with an uncached hub id, this raises one OSError sentence.
+    A local directory without tokenizer files gives tokenizer None (with a warning).
     """
     path = resolve_path(name_or_path)
     common = dict(trust_remote_code=trust_remote_code, **kwargs)
@@ -105,7 +109,12 @@ def load_model(
         architecture = (config.architectures or [None])[0]
         loader = {c.__name__: c for c in CLASSIFIERS.values()}.get(architecture, AutoModelForCausalLM)
         model = loader.from_pretrained(path, dtype=dtype, use_safetensors=True, **common)
-        tokenizer = AutoTokenizer.from_pretrained(path, **common)
+        if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
+            # transformers 5 would build an empty default tokenizer for the model type here (vocab of 2)
+            warnings.warn(f"{str(name_or_path)!r} holds no tokenizer files; returning tokenizer=None", stacklevel=2)
+            tokenizer = None
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path, **common)
     except OSError as err:
         where = "a local directory" if Path(path).exists() else "a hub id"
         raise OSError(
