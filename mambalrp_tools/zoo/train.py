@@ -452,7 +452,7 @@ def finetune(model_name_or_path: str, dataset: str = "sst2", out: str | os.PathL
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            history.append(float(loss))
+            history.append(loss.item())
             if (step + 1) % log_every == 0 or step + 1 == steps:
                 _log(log, {"step": step + 1, "loss": round(sum(history[-log_every:]) / len(history[-log_every:]), 5),
                            "elapsed_s": round(time.time() - t0, 1)})
