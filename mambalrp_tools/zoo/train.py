@@ -298,6 +298,7 @@ def train_toy(name: str, out: str | os.PathLike | None = None, *, steps: int | N
     tokenizer = build_word_tokenizer(tasks.get_task(spec.task).vocabulary())
     model = build_model(spec, tokenizer, seed).to(dev)
     n_params = sum(p.numel() for p in model.parameters())
+    engine = _working_engine(model, spec, tokenizer, seed, engine, dev)
     loader = torch.utils.data.DataLoader(Stream(spec, tokenizer, seed), batch_size=None, num_workers=workers,
                                          pin_memory=dev.type == "cuda", prefetch_factor=8 if workers else None,
                                          persistent_workers=False)
@@ -330,6 +331,26 @@ def train_toy(name: str, out: str | os.PathLike | None = None, *, steps: int | N
     (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     write_readme(out, record)
     return model, tokenizer, record
+
+
+def _working_engine(model, spec, tokenizer, seed, engine, dev) -> str:
+    """`engine`, or 'package' if one forward/backward through `engine` fails (e.g. a kernel that does not
+    load on this machine). Parameters are untouched: the gradients are dropped."""
+    if engine == "package":
+        return engine
+    batch = {k: v.to(dev) for k, v in make_batch(spec, Encoder(tokenizer), seed, 0).items()}
+    try:
+        with forward_context(model, engine):
+            model.train()
+            loss = loss_and_correct(model, batch, tasks.get_task(spec.task).KIND)[0]
+            loss.backward()
+        return engine
+    except Exception as err:  # noqa: BLE001 - any failure of the fast path: fall back, say so
+        print(json.dumps({"event": "engine_fallback", "from": engine, "error": repr(err)[:300]}), flush=True)
+        return "package"
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
 
 
 def reproduce_command(name, steps, seed, dev, workers, spec, engine) -> str:
