@@ -35,7 +35,8 @@ def explain(
     method: see `list_methods()`; `method_kwargs` go to it (e.g. `rules={"ssm": False}`).
     backend: "auto" (mamba-ssm kernels on a GPU when installed, else PyTorch), "torch" or "cuda".
     checkpoint: recompute each layer in backward to save memory: True/"device", "cpu" (layer inputs
-        kept in host memory, for ~10^6 tokens on a GPU) or False; default: "device" above 4,096 tokens.
+        kept in host memory, for ~10^6 tokens on a GPU) or False; default: only when the activations
+        would not fit (see `architectures.lrp_mode`).
     The model is run in eval mode and left exactly as it was.
     """
     architecture_of(model)  # TypeError for unsupported models, before any work
@@ -54,14 +55,18 @@ def explain(
     tgt = _as_index(target, ids.shape[0], n_out, tokenizer, "target")
     con = _as_index(contrast, ids.shape[0], n_out, tokenizer, "contrast")
 
-    query = Query(
-        model, ids.to(device), None if mask is None else mask.to(device), None if tgt is None else tgt.to(device),
-        None if con is None else con.to(device), position, backend, chunk_size, checkpoint,
-    )
-    with _eval_mode(model):
-        relevance = METHODS[name](query, **method_kwargs)
-        if query.logit is None:
-            query.resolve()
+    # every method differentiates: work also when called under torch.no_grad() / inference_mode
+    # (tensors made in inference mode cannot be saved for backward, hence the copies)
+    with torch.inference_mode(False), torch.enable_grad():
+        ids, mask, tgt, con = (None if t is None else t.clone() for t in (ids, mask, tgt, con))
+        query = Query(
+            model, ids.to(device), None if mask is None else mask.to(device), None if tgt is None else tgt.to(device),
+            None if con is None else con.to(device), position, backend, chunk_size, checkpoint,
+        )
+        with _eval_mode(model):
+            relevance = METHODS[name](query, **method_kwargs)
+            if query.logit is None:
+                query.resolve()
     relevance = relevance.detach().float().cpu()
     if mask is not None:
         relevance = relevance * mask.to(relevance.dtype)  # exact zeros on padding for every method

@@ -286,3 +286,32 @@ def test_gradient_is_the_norm_of_the_true_gradient(arch):
     f = model(inputs_embeds=emb).logits[torch.arange(2), -1, target]
     (grad,) = torch.autograd.grad(f.sum(), emb)
     torch.testing.assert_close(expl.relevance, grad.norm(dim=-1), rtol=1e-5, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- calling contexts
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_explain_works_under_no_grad_and_inference_mode(arch, context):
+    """Notebooks often run under torch.no_grad(); explain differentiates regardless."""
+    model = rich_model(arch, 12, zero_biases=True)
+    ids = ids_for(12, 2, 15)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    expected = mlt.explain(model, ids, attention_mask=mask, target=[1, 2], contrast=[3, 4])
+    snap = snapshot(model)
+    with context():
+        ids_ctx, mask_ctx = ids.clone(), mask.clone()  # inference tensors under inference_mode
+        expl = mlt.explain(model, ids_ctx, attention_mask=mask_ctx, target=[1, 2], contrast=[3, 4])
+    torch.testing.assert_close(expl.relevance, expected.relevance)
+    assert_untouched(model, snap)
+    assert torch.is_grad_enabled()
+
+
+def test_explain_a_frozen_model(arch):
+    model = rich_model(arch, 13, zero_biases=True)
+    ids = ids_for(13, 1, 12)
+    expected = mlt.explain(model, ids)
+    model.requires_grad_(False)
+    expl = mlt.explain(model, ids)
+    torch.testing.assert_close(expl.relevance, expected.relevance)
+    assert not any(p.requires_grad for p in model.parameters())

@@ -364,11 +364,30 @@ def test_explain_interrupted_inside_a_method_restores_the_model(arch, monkeypatc
 
 def test_checkpointing_and_chunk_size_do_not_change_relevance(arch):
     model = rich_model(arch, 11, zero_biases=True)
-    ids = ids_for(11, 2, 70)
-    base = mlt.explain(model, ids).relevance
-    for kwargs in ({"checkpoint": True}, {"chunk_size": 1}, {"chunk_size": 9}, {"chunk_size": 70},
+    ids = ids_for(11, 2, 50)
+    mask = torch.ones_like(ids)
+    mask[1, :9] = 0
+    base = mlt.explain(model, ids, attention_mask=mask).relevance
+    for kwargs in ({"checkpoint": True}, {"chunk_size": 1}, {"chunk_size": 9}, {"chunk_size": 50},
                    {"checkpoint": True, "chunk_size": 16}, {"backend": "torch"}):
-        torch.testing.assert_close(mlt.explain(model, ids, **kwargs).relevance, base, rtol=1e-5, atol=1e-6)
+        expl = mlt.explain(model, ids, attention_mask=mask, **kwargs)
+        torch.testing.assert_close(expl.relevance, base, rtol=1e-5, atol=1e-6)
+
+
+def test_patched_forwards_accept_both_cache_keywords(arch):
+    """transformers 5.17 passes `cache_params=`, 5.24 `cache=`: the replacements take either."""
+    model = rich_model(arch, 12)
+    block = model.base_model.layers[0]
+    hidden = torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = block(hidden)
+        with mlt.lrp_mode(model):
+            outs = [block(hidden), block(hidden, cache=None), block(hidden, cache_params=None),
+                    block(hidden, cache_params=None, attention_mask=None)]
+            mixed = [block.mixer(block.norm(hidden), cache=None), block.mixer(block.norm(hidden), cache_params=None)]
+    for out in outs:
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mixed[0], mixed[1])
 
 
 # --------------------------------------------------------------------------- chunked scan
