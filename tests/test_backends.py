@@ -47,6 +47,8 @@ def test_backend_matches_reference(arch, device, backend, method):
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
 def test_backend_forward_values_unchanged(arch, device, backend):
+    if device == "cpu" and cuda_kernels() is not None:
+        pytest.skip("with mamba-ssm installed, transformers sends CPU tensors to its CUDA kernels and fails")
     model = tiny_model(arch).to(device)
     ids = _inputs().to(device)
     with torch.no_grad():
@@ -76,3 +78,31 @@ def test_auto_backend_choice():
         resolve("triton", torch.device("cpu"))
     if HAS_CUDA and cuda_kernels() is not None:
         assert resolve("auto", torch.device("cuda")).name == "cuda"
+
+
+def test_lrp_mode_public_recipe_is_mambalrp(arch):
+    """The documented recipe (plain model call, default use_cache) must run the patched layers."""
+    model = tiny_model(arch, zero_biases=True)
+    ids = _inputs(T=40, batch=1)
+    target = 5
+    with mlt.lrp_mode(model):
+        emb = model.get_input_embeddings()(ids).detach().requires_grad_()
+        logit = model(inputs_embeds=emb).logits[0, -1, target]
+        logit.backward()
+    relevance = (emb * emb.grad).sum(-1)
+    torch.testing.assert_close(relevance.sum(), logit.detach(), rtol=1e-5, atol=1e-6)
+    expl = mlt.explain(model, ids, target=target)
+    torch.testing.assert_close(relevance, expl.relevance, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="host offload only happens from a CUDA device")
+def test_recompute_offloads_to_pinned_host_memory():
+    from mambalrp_tools.recompute import _keep, recompute
+
+    x = torch.randn(4, 8, device="cuda", requires_grad=True)
+    kept = _keep(x, keep_free=1 << 62)  # more than any GPU has free: must move to the host
+    assert kept.device.type == "cpu" and kept.is_pinned()
+    fn = lambda t: (t.sin() * 3).cumsum(-1)  # noqa: E731
+    (g_ref,) = torch.autograd.grad(fn(x).sum(), x)
+    (g,) = torch.autograd.grad(recompute(fn, x, keep_free=1 << 62).sum(), x)
+    torch.testing.assert_close(g, g_ref, rtol=0, atol=0)

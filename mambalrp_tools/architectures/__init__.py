@@ -25,8 +25,8 @@ SUPPORTED = (
     "transformers' MambaForCausalLM and FalconMambaForCausalLM, and mambalrp_tools' "
     "MambaClassifier / FalconMambaClassifier (Mamba2ForCausalLM is planned)"
 )
-#: above this many tokens each layer is recomputed in backward instead of stored
-CHECKPOINT_ABOVE = 4096
+#: host memory that stored activations may take before layers are recomputed (checkpoint=None)
+CPU_ACTIVATION_BUDGET = 2 * 2**30
 
 
 def architecture_of(model):
@@ -55,8 +55,8 @@ def lrp_mode(
     (`silu`, `ssm`, `gate`, `norm`; missing keys are True; all False = plain gradient).
     `checkpoint` recomputes each layer in backward, keeping only layer inputs: True/"device" keeps
     them on the model's device, "cpu" in host memory (for ~10^6 tokens on a GPU), False never;
-    None (default): off up to CHECKPOINT_ABOVE tokens, above it "device", or "cpu" on a GPU whose
-    free memory is under four times what the layer inputs need.
+    None (default): on only when the stored activations would not fit (over CPU_ACTIVATION_BUDGET on
+    CPU, half the free memory on a GPU), and "cpu" when even the layer inputs would crowd the GPU.
 
         with lrp_mode(model):
             emb = model.get_input_embeddings()(ids).detach().requires_grad_()
@@ -87,12 +87,27 @@ _ABSENT = object()
 
 def _checkpoint_mode(checkpoint, seq_len, model, device) -> str | None:
     if checkpoint is None:
-        checkpoint = seq_len is not None and seq_len > CHECKPOINT_ABOVE
-        if checkpoint and device.type == "cuda":
-            config = model.config
-            kept = seq_len * config.hidden_size * config.num_hidden_layers * 4  # float32 layer inputs, batch 1
-            checkpoint = "cpu" if 4 * kept > torch.cuda.mem_get_info(device)[0] else "device"
+        checkpoint = _auto_checkpoint(seq_len, model.config, device)
     mode = {False: None, True: "device", "device": "device", "cpu": "cpu"}.get(checkpoint, "invalid")
     if mode == "invalid":
         raise ValueError(f"checkpoint must be None, True, False, 'device' or 'cpu', got {checkpoint!r}")
     return mode
+
+
+def _auto_checkpoint(seq_len, config, device):
+    """Recompute layers only when storing every layer's activations would not fit comfortably.
+
+    Autograd keeps about mamba.ACTIVATION_FLOATS x intermediate_size floats per token and layer;
+    recomputation keeps one hidden_size vector per token and layer. Estimates are for batch 1.
+    """
+    if seq_len is None:
+        return False
+    layers = config.num_hidden_layers
+    stored = seq_len * layers * mamba.ACTIVATION_FLOATS * config.intermediate_size * 4
+    kept = seq_len * layers * config.hidden_size * 4
+    if device.type != "cuda":
+        return stored > CPU_ACTIVATION_BUDGET and "device"
+    free = torch.cuda.mem_get_info(device)[0]
+    if stored < free / 2:
+        return False
+    return "device" if 4 * kept < free else "cpu"
