@@ -16,8 +16,8 @@ tile is one matrix product over the flattened (d, n) axis:
     alpha[t, s] = (1/d_inner) sum_{d,n} Q[t, d, n] K[s, d, n],
     Q = C_t exp(A (S_t - S_r)),  K = delta_s B_s exp(A (S_r - S_s)).
 
-Diagonal tiles are split in halves recursively (their lower-left quarter is such a product) down to a
-few rows, which are computed directly. Temporaries are [batch, rows, d_inner, n] with `rows` chosen
+Diagonal tiles are split in halves level by level (each lower-left quarter is such a product, all of
+one level batched together) down to a few rows, which are computed directly. Temporaries are [batch, rows, d_inner, n] with `rows` chosen
 from a memory budget, so memory is O(T * block) for the attention rows and independent of T otherwise.
 
 `attention_rollout` and `mamba_attr` need only the explained row of a product of row-normalised
@@ -112,28 +112,70 @@ class _Tiler:
         return torch.cat(out, dim=-1) / self.d
 
     def diagonal(self, t0, t1):
-        """The lower-triangular tile rows x columns [t0, t1): [b, L, L]."""
-        L = t1 - t0
-        if L <= self.leaf:
-            return self._direct(t0, t1)
-        m = t0 + L // 2
-        top, bottom = self.diagonal(t0, m), self.diagonal(m, t1)
-        lower = self.off_diagonal(self.queries(m, t1, m - 1), m, t0, m)
-        out = top.new_zeros(top.shape[0], L, L)
-        out[:, : m - t0, : m - t0] = top
-        out[:, m - t0 :, : m - t0] = lower
-        out[:, m - t0 :, m - t0 :] = bottom
-        return out
+        """The lower-triangular tile rows x columns [t0, t1): [b, L, L].
 
-    def _direct(self, t0, t1):
-        S = self.S[:, :, t0:t1]
-        dS = S.unsqueeze(-1) - S.unsqueeze(-2)  # [b, d, t, s] = S_t - S_s
-        causal = torch.ones(t1 - t0, t1 - t0, dtype=torch.bool, device=S.device).tril()
-        # clamp the acausal half (which would overflow) before exp; it is zeroed below
-        decay = torch.exp(dS.clamp(min=0).to(self.dtype).unsqueeze(-1) * self.A[None, :, None, None])  # [b,d,t,s,n]
-        Bbar = self.delta[:, :, t0:t1, None] * self.B[:, None, :, t0:t1].transpose(2, 3)  # [b, d, s, n]
-        alpha = torch.einsum("bnt,bdtsn,bdsn->bts", self.C[:, :, t0:t1], decay, Bbar) / self.d
-        return alpha * causal
+        The tile is padded to leaf * 2^k steps (padding: delta = B = C = 0, so it adds nothing). Level by
+        level, every lower-left quarter of the 2h-wide sub-tiles on the diagonal is one batched product
+        (reference step: the last of its first half); the leaf-wide tiles on the diagonal are direct.
+        So a tile costs O(log) batched operations, not one per leaf.
+        """
+        L = t1 - t0
+        leaf = min(self.leaf, L)
+        size = leaf
+        while size < L:
+            size *= 2
+        S, delta, B, C = self._padded(t0, t1, size)
+        b = S.shape[0]
+        out = delta.new_zeros(b, size, size)
+        h = leaf
+        while h < size:
+            nt = size // (2 * h)
+            Sv = S.view(b, self.d, nt, 2, h)
+            first, second = Sv[:, :, :, 0], Sv[:, :, :, 1]
+            ref = first[..., -1:]
+            q = self._decay4(second - ref)  # [b, nt, h, d, n]
+            q.mul_(C.view(b, -1, nt, 2, h)[:, :, :, 1].permute(0, 2, 3, 1).unsqueeze(3))
+            k = self._decay4(ref - first)
+            k.mul_(delta.view(b, self.d, nt, 2, h)[:, :, :, 0].permute(0, 2, 3, 1).unsqueeze(-1))
+            k.mul_(B.view(b, -1, nt, 2, h)[:, :, :, 0].permute(0, 2, 3, 1).unsqueeze(3))
+            tiles = torch.bmm(q.flatten(3).flatten(0, 1), k.flatten(3).flatten(0, 1).transpose(1, 2)) / self.d
+            sub = torch.diagonal(out.view(b, nt, 2, h, nt, 2, h), dim1=1, dim2=4)  # [b, 2, h, 2, h, nt] view
+            sub[:, 1, :, 0] = tiles.view(b, nt, h, h).permute(0, 2, 3, 1)
+            h *= 2
+        self._leaves(out, S, delta, B, C, leaf)
+        return out[:, :L, :L]
+
+    def _padded(self, t0, t1, size):
+        """S, delta, B, C of steps [t0, t1), padded to `size` steps with delta = B = C = 0."""
+        pad = size - (t1 - t0)
+        S, delta, B, C = (x[..., t0:t1] for x in (self.S, self.delta, self.B, self.C))
+        if pad:
+            S = torch.cat([S, S[..., -1:].expand(*S.shape[:-1], pad)], -1)  # delta = 0: no decay
+            delta, B, C = (torch.nn.functional.pad(x, (0, pad)) for x in (delta, B, C))
+        return S.contiguous(), delta.contiguous(), B.contiguous(), C.contiguous()
+
+    def _decay4(self, dS):
+        """exp(A * dS) for dS [b, d, nt, h] >= 0 -> [b, nt, h, d, n]."""
+        return (dS.to(self.dtype).permute(0, 2, 3, 1).unsqueeze(-1) * self.A).exp_()
+
+    def _leaves(self, out, S, delta, B, C, leaf):
+        """Fill the leaf-wide tiles on the diagonal of `out` [b, size, size] directly, a group at a time."""
+        b, size = out.shape[0], out.shape[-1]
+        nl = size // leaf
+        diag = torch.diagonal(out.view(b, nl, leaf, nl, leaf), dim1=1, dim2=3)  # [b, leaf, leaf, nl] view
+        causal = torch.ones(leaf, leaf, dtype=torch.bool, device=out.device).tril()
+        group = max(1, self.rows_fit // (leaf * leaf))  # leaves per [b, d, g, leaf, leaf, n] temporary
+        Sv, dv = S.view(b, self.d, nl, leaf), delta.view(b, self.d, nl, leaf)
+        Bv, Cv = B.view(b, -1, nl, leaf), C.view(b, -1, nl, leaf)
+        for g0 in range(0, nl, group):
+            g1 = min(g0 + group, nl)
+            s = Sv[:, :, g0:g1]
+            dS = s.unsqueeze(-1) - s.unsqueeze(-2)  # [b, d, g, t, s] = S_t - S_s
+            # clamp the acausal half (it would overflow) before exp; it is zeroed below
+            decay = (dS.clamp(min=0).to(self.dtype).unsqueeze(-1) * self.A[None, :, None, None, None]).exp_()
+            Bbar = dv[:, :, g0:g1, :, None] * Bv[:, None, :, g0:g1].permute(0, 1, 3, 4, 2)  # [b, d, g, s, n]
+            alpha = torch.einsum("bngt,bdgtsn,bdgsn->btsg", Cv[:, :, g0:g1], decay, Bbar) / self.d
+            diag[..., g0:g1] = alpha * causal[..., None]
 
     def rows(self, t0, t1):
         """alpha[:, t0:t1, :t1] (signed, averaged over channels; padded columns zeroed)."""
@@ -148,7 +190,10 @@ class _Tiler:
 
     def row_blocks(self, end: int, block: int | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
         """(t0, t1, alpha[:, t0:t1, :t1]) for row blocks covering [0, end)."""
-        block = block or max(self.leaf, min(MAX_BLOCK, self.rows_fit))
+        if block is None:  # leaf * 2^k: the diagonal tiles then need no padding
+            block = self.leaf
+            while 2 * block <= min(MAX_BLOCK, self.rows_fit):
+                block *= 2
         for t0 in range(0, end, block):
             t1 = min(t0 + block, end)
             yield t0, t1, self.rows(t0, t1)
