@@ -255,10 +255,6 @@ def test_lrp_mode_by_hand_with_use_cache_false_is_mambalrp(arch):
     assert abs(float(relevance.sum() - f)) <= 1e-5 * abs(float(f))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (architectures/mamba.py): in eval mode transformers' MambaModel.forward creates a DynamicCache "
-    "(config.use_cache=True), and the patched block/mixer forwards hand any call with a cache to the "
-    "original forward, so only the norm rule applies and the documented lrp_mode usage does not conserve"))
 def test_lrp_mode_documented_usage_is_mambalrp(arch):
     model = rich_model(arch, 5, zero_biases=True)
     ids = ids_for(5, 1, 40)
