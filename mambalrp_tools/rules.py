@@ -60,11 +60,16 @@ def gate(y: torch.Tensor, gate_act: torch.Tensor, rule: bool) -> torch.Tensor:
     return half + half.detach()
 
 
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision tensors to float32 (relevance needs it); float32 and float64 stay as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, rule: bool) -> torch.Tensor:
-    """RMSNorm in float32; with the rule the normaliser is a constant, so the norm is linear in x."""
-    x = x.float()
+    """RMSNorm (half precision upcast); with the rule the normaliser is a constant, so it is linear in x."""
+    x = upcast(x)
     scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
     if rule:
         scale = scale.detach()
     out = x * scale
-    return out if weight is None else out * weight.float()
+    return out if weight is None else out * upcast(weight)

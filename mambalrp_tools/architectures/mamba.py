@@ -2,8 +2,8 @@
 
 One replacement forward per module kind (norm, mixer, block), installed per instance by
 `architectures.patched`. The values equal transformers' forward to float tolerance; only the
-gradient flow changes where a rule is on. Everything is computed in float32, whatever the model's
-dtype, so relevance of fp16/bf16 models is as precise as for fp32 ones.
+gradient flow changes where a rule is on. Everything is computed in at least float32, whatever the model's
+dtype (float64 models stay float64), so relevance of fp16/bf16 models is as precise as for fp32 ones.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def ssm_inputs(delta, B, C, rules: R.Rules):
 
 
 def _f32(p):
-    return None if p is None else p.float()  # no-op for fp32 weights
+    return None if p is None else R.upcast(p)
 
 
 def selective_parameters(mixer, hidden_states, attention_mask, rules: R.Rules, backend: Backend):
@@ -52,7 +52,7 @@ def selective_parameters(mixer, hidden_states, attention_mask, rules: R.Rules, b
     (the gate's pre-activation). The hidden-attention baselines read the same quantities.
     """
     seq_len = hidden_states.shape[1]
-    x = _mask(hidden_states.float(), attention_mask)
+    x = _mask(R.upcast(hidden_states), attention_mask)
     projected = F.linear(x, _f32(mixer.in_proj.weight), _f32(mixer.in_proj.bias)).transpose(1, 2)
     xs, z = projected.chunk(2, dim=1)  # [b, d_inner, T] each
 
@@ -67,7 +67,7 @@ def selective_parameters(mixer, hidden_states, attention_mask, rules: R.Rules, b
     if hasattr(mixer, "b_layernorm"):  # FalconMamba: weightless RMS norms on dt, B and C
         dt, B, C = (R.rms_norm(t, None, mixer.rms_eps, rules.norm) for t in (dt, B, C))
     delta = F.softplus(_f32(mixer.dt_proj.weight) @ dt.transpose(1, 2) + _f32(mixer.dt_proj.bias)[:, None])
-    A = -torch.exp(mixer.A_log.float())
+    A = -torch.exp(R.upcast(mixer.A_log))
     delta, B, C = ssm_inputs(delta, B.transpose(1, 2), C.transpose(1, 2), rules)
     return u.transpose(1, 2).contiguous(), delta.contiguous(), A, B.contiguous(), C.contiguous(), _f32(mixer.D), z
 
@@ -107,7 +107,7 @@ def block_forward(block, rules: R.Rules, backend: Backend, checkpoint: str | Non
         def layer(x):
             return x + block.mixer(block.norm(x), attention_mask=attention_mask)
 
-        hidden_states = hidden_states.float()
+        hidden_states = R.upcast(hidden_states)
         if checkpoint and torch.is_grad_enabled() and hidden_states.requires_grad:
             keep_free = None
             if checkpoint == "cpu":  # room to recompute one layer, with a 1.5x margin

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from ..architectures import lrp_mode
-from ..rules import Rules
+from ..rules import Rules, upcast
 
 METHODS: dict[str, Callable] = {}
 ALIASES: dict[str, str] = {}
@@ -68,9 +68,9 @@ class Query:
                         seq_len=self.seq_len, **opts)
 
     def embeddings(self) -> torch.Tensor:
-        """Input embeddings [B, T, H] in float32, detached."""
+        """Input embeddings [B, T, H] (at least float32), detached."""
         with torch.no_grad():
-            return self.model.get_input_embeddings()(self.input_ids).float()
+            return upcast(self.model.get_input_embeddings()(self.input_ids))
 
     @property
     def forward_args(self) -> tuple:
@@ -79,10 +79,10 @@ class Query:
     def head_logits(self, embeds, attention_mask) -> torch.Tensor:
         """All output logits [B, V] at `position` (run inside `patched`)."""
         out = self.model.base_model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
-        hidden = out.last_hidden_state[:, self.position].float()
+        hidden = upcast(out.last_hidden_state[:, self.position])
         head = self.model.get_output_embeddings()
-        bias = None if head.bias is None else head.bias.float()
-        return torch.nn.functional.linear(hidden, head.weight.float(), bias)
+        bias = None if head.bias is None else upcast(head.bias)
+        return torch.nn.functional.linear(hidden, upcast(head.weight), bias)
 
     def forward_func(self, embeds, attention_mask=None, target=None, contrast=None) -> torch.Tensor:
         """f [B] = logit[target] (- logit[contrast]) at `position`: the objective every method explains."""
