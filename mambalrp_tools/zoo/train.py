@@ -53,9 +53,11 @@ class ToySpec:
 
 SPECS = {
     # 1.1 M parameters: copying needs a wide state (d_inner 384 x state 32)
-    "copying": ToySpec("copying", 192, 4, 32, batch_size=64, lr=2e-3, steps=6000,
+    # batch 128 / lr 3e-3 reached 99.95 % at length 64 in 4,195 steps; batch 64 / lr 2e-3 only 94 % in 5,418
+    "copying": ToySpec("copying", 192, 4, 32, batch_size=128, lr=3e-3, steps=4200,
                        params=dict(min_length=8, max_length=64)),
-    "needle": ToySpec("needle", 128, 4, 16, batch_size=32, lr=2e-3, steps=6000,
+    # lr 1e-3 (seed 1) solved it to 4,096 tokens in 4,790 steps; lr 2e-3 (seed 0) stayed at chance
+    "needle": ToySpec("needle", 128, 4, 16, batch_size=32, lr=1e-3, steps=4800,
                       params=dict(min_context_length=64, max_context_length=1536)),
     "bios": ToySpec("bios", 64, 2, 16, batch_size=64, lr=3e-3, steps=2000, warmup=100,
                     params=dict(gender_correlation=0.9, ambiguous=0.2)),
