@@ -88,8 +88,9 @@ def _f_at(model, embeds, target, position=-1):
         return model(inputs_embeds=embeds).logits[:, position].gather(1, target[:, None])[:, 0]
 
 
-def test_ig_completeness_zero_baseline(model, ids):
+def test_ig_completeness_zero_baseline(arch, ids):
     """sum_t R_t = f(x) - f(0) within 2% at n_steps=256, on the target that moves most along the path."""
+    model = tiny_model(arch, seed=0)
     embeds = model.get_input_embeddings()(ids).detach()
     with torch.no_grad():
         gap = model(inputs_embeds=embeds).logits[:, -1] - model(inputs_embeds=torch.zeros_like(embeds)).logits[:, -1]
