@@ -570,3 +570,11 @@ def test_cli_smoke_toy_models(analysis, model, extra, tmp_path):
     assert recs and all("sample" in r and "method" in r for r in recs)
     assert (out / runs.SUMMARY).is_file() and list((out / "figures").glob("*.png"))
     _no_pickle(out)
+
+
+def test_faithfulness_paired_differences():
+    res = ev.faithfulness(Additive(), additive_examples(6), [("perfect", perfect), ("reversed", reversed_)],
+                          replacement="pad", target="label", progress=False)
+    d = res.summary["paired_vs_first"]["reversed"]
+    assert d["n"] == 6 and d["delta_af_diff"] == pytest.approx(2 * res.summary["methods"]["perfect"]["delta_af"])
+    assert d["wilcoxon_p"] < 0.05

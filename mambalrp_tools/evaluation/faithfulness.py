@@ -192,7 +192,31 @@ def summarize(records, labels) -> dict:
         row["n"] = len(recs)
         methods[label] = row
     ranking = sorted(methods, key=lambda k: -np.nan_to_num(methods[k]["delta_af"], nan=-np.inf))
-    return {"methods": methods, "ranking_delta_af": ranking}
+    return {"methods": methods, "ranking_delta_af": ranking,
+            "paired_vs_first": paired_differences(records, labels[0], labels[1:]) if labels else {}}
+
+
+def paired_differences(records, reference: str, others, key: str = "delta_af") -> dict:
+    """Per other method: mean over shared samples of key(reference) - key(other), its standard error
+    and a two-sided Wilcoxon signed-rank p-value. Paired, so much tighter than comparing two means."""
+    from scipy import stats
+
+    ref = {json_key(r["sample"]): r[key] for r in records if r["method"] == reference}
+    out = {}
+    for other in others:
+        pairs = [(ref[json_key(r["sample"])], r[key]) for r in records
+                 if r["method"] == other and json_key(r["sample"]) in ref]
+        diffs = [a - b for a, b in pairs]
+        mean, se, n = mean_se(diffs)
+        p = float(stats.wilcoxon(diffs).pvalue) if n > 1 and any(d != 0 for d in diffs) else float("nan")
+        out[other] = {f"{key}_diff": mean, "se": se, "n": n, "wilcoxon_p": p}
+    return out
+
+
+def json_key(sample):
+    import json
+
+    return json.dumps(sample)
 
 
 def faithfulness(model, examples, methods=("mambalrp", "gradient_x_input", "random"), *, replacement="unk",
