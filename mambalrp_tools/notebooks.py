@@ -29,7 +29,9 @@ def run_notebooks(directory="notebooks", out="runs/notebooks", quick=True, devic
 
 def add_parser(sub):
     p = sub.add_parser("notebooks", help="run the notebook series with papermill (writes figures/)")
-    p.add_argument("--full", action="store_true", help="full sizes instead of quick mode")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="full", action="store_false", help="small inputs (the default)")
+    size.add_argument("--full", action="store_true", help="full sizes, as in the paper's analyses")
     p.add_argument("--device", default="cpu")
     p.add_argument("--only", nargs="*", help="run only notebooks whose file name contains one of these")
     p.add_argument("--dir", default="notebooks")
