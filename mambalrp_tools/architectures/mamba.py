@@ -34,11 +34,15 @@ def _mask(x, attention_mask):
     return x if attention_mask is None else x * attention_mask[:, :, None].to(x.dtype)
 
 
-def ssm_inputs(delta, B, C, rules: R.Rules):
-    """The ssm rule: with delta, B and C constant the scan (and so exp(delta A)) is linear in u."""
+def ssm_inputs(delta, A, B, C, D, rules: R.Rules):
+    """The ssm rule: with delta, B and C constant the scan (and so exp(delta A)) is linear in u.
+
+    A and D are weights: detaching them changes no input gradient, but it tells the scan that only
+    the linear path in u is needed, so its backward is one reverse scan and nothing more.
+    """
     if rules.ssm:
-        return delta.detach(), B.detach(), C.detach()
-    return delta, B, C
+        return delta.detach(), A.detach(), B.detach(), C.detach(), D.detach()
+    return delta, A, B, C, D
 
 
 def _f32(p):
@@ -68,8 +72,8 @@ def selective_parameters(mixer, hidden_states, attention_mask, rules: R.Rules, b
         dt, B, C = (R.rms_norm(t, None, mixer.rms_eps, rules.norm) for t in (dt, B, C))
     delta = F.softplus(_f32(mixer.dt_proj.weight) @ dt.transpose(1, 2) + _f32(mixer.dt_proj.bias)[:, None])
     A = -torch.exp(R.upcast(mixer.A_log))
-    delta, B, C = ssm_inputs(delta, B.transpose(1, 2), C.transpose(1, 2), rules)
-    return u.transpose(1, 2).contiguous(), delta.contiguous(), A, B.contiguous(), C.contiguous(), _f32(mixer.D), z
+    delta, A, B, C, D = ssm_inputs(delta, A, B.transpose(1, 2), C.transpose(1, 2), _f32(mixer.D), rules)
+    return u.transpose(1, 2).contiguous(), delta.contiguous(), A, B.contiguous(), C.contiguous(), D, z
 
 
 def mixer_core(mixer, hidden_states, attention_mask, rules: R.Rules, backend: Backend):
