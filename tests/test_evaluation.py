@@ -236,6 +236,9 @@ def test_copy_alignment_end_to_end():
     assert s["reversed"]["auc"] == pytest.approx(1 - s["perfect"]["auc"])
     for r in res.records:
         assert 0 <= r["auc"] <= 1 and r["top1"] in (0.0, 1.0)
+    mat = res.summary["matrices"]["perfect"]  # one whole copy: 6 source symbols x 6 source positions
+    assert len(mat["relevance"]) == 6 and len(mat["relevance"][0]) == 6 and mat["source_positions"] == list(range(6))
+    assert set(res.figures()) == {"alignment", "alignment_matrix"}
 
 
 def test_needle_share_and_grid():

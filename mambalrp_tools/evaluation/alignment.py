@@ -50,6 +50,31 @@ class AlignmentResult(Result):
         fig.tight_layout()
         return fig
 
+    def plot_matrices(self):
+        """Output token x source token relevance of one whole copy per method (each row scaled by its
+        max |R|): a faithful method draws the diagonal."""
+        import matplotlib.pyplot as plt
+
+        mats = self.summary.get("matrices", {})
+        if not mats:
+            raise ValueError("no alignment matrices: run copy_alignment with matrix=True")
+        fig, axes = plt.subplots(1, len(mats), figsize=(2.6 * len(mats) + 0.8, 3.0), squeeze=False)
+        for ax, (method, m) in zip(axes[0], mats.items()):
+            mat = torch.tensor(m["relevance"])
+            mat = mat / mat.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
+            ax.imshow(mat.numpy(), cmap="bwr", vmin=-1, vmax=1, interpolation="nearest")
+            ax.set_title(method, fontsize=9)
+            ax.set_xlabel("source position")
+        axes[0][0].set_ylabel("copied token")
+        fig.tight_layout()
+        return fig
+
+    def figures(self):
+        figs = {"alignment": self.plot()}
+        if self.summary.get("matrices"):
+            figs["alignment_matrix"] = self.plot_matrices()
+        return figs
+
 
 def alignment_matrix(model, example, method="mambalrp", tokenizer=None, **kwargs):
     """The output-token x source-token relevance matrix of a whole copy, from one copying example.
@@ -80,10 +105,14 @@ def _n_copied(example) -> int:
 
 
 def copy_alignment(model, examples, methods=("mambalrp", "gradient_x_input", "random"), *,
-                   position: int = -1, batch_size: int = 1, out=None, overwrite: bool = False,
-                   progress: bool = True, model_name: str | None = None, info: dict | None = None
-                   ) -> AlignmentResult:
-    """ROC-AUC and top-1 hit rate of relevance against the source position, per method."""
+                   position: int = -1, batch_size: int = 1, matrix: bool = True, out=None,
+                   overwrite: bool = False, progress: bool = True, model_name: str | None = None,
+                   info: dict | None = None) -> AlignmentResult:
+    """ROC-AUC and top-1 hit rate of relevance against the source position, per method.
+
+    matrix: also compute the output x source matrix of one whole copy (the shortest example with
+    candidates) per method, for `result.plot_matrices()` (kept in the summary, not in the records).
+    """
     specs = prepare(methods)
     params = {"position": position}
     run = open_run("alignment", model, examples, specs, params, out, overwrite, info, model_name)
@@ -111,6 +140,16 @@ def copy_alignment(model, examples, methods=("mambalrp", "gradient_x_input", "ra
             row["accuracy"] = mean_se(float(r["correct"]) for r in recs)[0]
             row["n"] = len(recs)
             summary["methods"][spec.label] = row
+        with_src = [ex for ex in examples if ex.candidates is not None]
+        if matrix and with_src:
+            ex = min(with_src, key=lambda e: e.input_ids.shape[0])
+            summary["matrices"] = {}
+            for spec in specs:
+                g = alignment_matrix(model, ex, spec)
+                cols = torch.as_tensor(ex.candidates).long()
+                summary["matrices"][spec.label] = {
+                    "relevance": [[round(float(v), 6) for v in row] for row in g.relevance[:, cols]],
+                    "source_positions": cols.tolist()}
         run.write_summary(summary)
     finally:
         run.close()
