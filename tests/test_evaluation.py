@@ -423,6 +423,11 @@ def test_run_mismatch_refused_unless_overwrite(tmp_path):
                           progress=False)
     assert len(runs.read_records(out)) == 3 and res.params["replacement"] == "zero"
     assert json.loads((out / runs.MANIFEST).read_text())["params"]["replacement"] == "zero"
+    (out / "marker.txt").write_text("from before")
+    ev.faithfulness(model, exs, [("perfect", perfect)], replacement="zero", out=out, progress=False)
+    assert (out / "marker.txt").exists()  # same evaluation: resumed in place
+    ev.faithfulness(model, exs, [("perfect", perfect)], replacement="zero", out=out, overwrite=True, progress=False)
+    assert not (out / "marker.txt").exists() and len(runs.read_records(out)) == 3  # overwrite: afresh
 
 
 def test_run_lock_and_write_rules(tmp_path):

@@ -35,7 +35,8 @@ def add_parser(sub):
     p.add_argument("--n", type=int, default=100, help="examples (per grid cell for needle)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
-    p.add_argument("--overwrite", action="store_true", help="start afresh a folder of another evaluation")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start the folder afresh (needed for a folder of another evaluation)")
     p.add_argument("--task-param", action="append", default=[], metavar="KEY=VALUE",
                    help="passed to tasks.load (repeatable)")
     p.add_argument("--replacement", default="unk", help="faithfulness: unk, pad, zero, delete or a token id")
@@ -48,6 +49,7 @@ def add_parser(sub):
     p.add_argument("--batch-size", type=int, default=1,
                    help="samples of equal length explained together (a kill loses at most one batch)")
     p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
@@ -81,6 +83,10 @@ def run(args) -> int:
             return 2
         key, value = kv.split("=", 1)
         task_params[key] = _value(value)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, device=args.device)
     info = {"model_id": args.model, "task": task, "task_params": task_params, "seed": args.seed, "n": args.n,
             "command": ["mambalrp-tools", "evaluate", *sys.argv[2:]] if sys.argv[1:2] == ["evaluate"] else None}

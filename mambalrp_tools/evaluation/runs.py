@@ -5,7 +5,8 @@
 - Re-running the same evaluation on the same folder skips the finished (sample, method) pairs;
   existing records are never rewritten (the file is only appended to). A torn last line left by a
   kill is not a record and is cut off before appending.
-- A folder whose manifest does not match the evaluation is refused unless `overwrite=True`.
+- A folder whose manifest does not match the evaluation is refused unless `overwrite=True`;
+  `overwrite=True` always starts the folder afresh (without it, a matching folder is resumed).
 - An exclusive lock stops two processes from writing one run.
 - No pickle anywhere: JSON only.
 """
@@ -83,7 +84,7 @@ class Run:
                 mismatch = self._mismatch(existing)
             else:
                 mismatch = [f"{d} is not empty and has no {MANIFEST}"]
-            if mismatch:
+            if mismatch or overwrite:
                 if not overwrite:
                     raise RunMismatch(
                         f"run folder {d} belongs to a different evaluation ({'; '.join(mismatch)}). "
