@@ -315,8 +315,8 @@ def test_gender_bias_on_hand_built_shortcut():
 # ------------------------------------------------------------------ conservation, randomisation, generation
 
 
-def test_conservation_mambalrp_vs_gi():
-    model = tiny_model("mamba", seed=0, zero_biases=True)
+def test_conservation_mambalrp_vs_gi(arch):
+    model = tiny_model(arch, seed=0, zero_biases=True)
     g = torch.Generator().manual_seed(0)
     exs = [Example(torch.randint(1, 97, (8 + i % 2,), generator=g), 3, torch.tensor([0])) for i in range(4)]
     res = ev.conservation(model, exs, ["mambalrp", "gi"], batch_size=2, progress=False)
@@ -345,8 +345,8 @@ def test_randomization_check():
     assert lrp[0] == 1.0 and min(lrp[1:]) < 0.9
 
 
-def test_explain_generation_equals_single_explanations():
-    model = tiny_model("mamba", seed=1)
+def test_explain_generation_equals_single_explanations(arch):
+    model = tiny_model(arch, seed=1)
     prompt = torch.randint(1, 97, (6,), generator=torch.Generator().manual_seed(0))
     gen = ev.explain_generation(model, prompt, max_new_tokens=4, batch_size=3)
     assert gen.relevance.shape == (4, 10) and gen.token_attr.shape == (4, 6)
