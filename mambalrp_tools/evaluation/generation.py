@@ -1,9 +1,12 @@
 """`explain_generation`: the relevance of every output token over all tokens before it.
 
 Each output token o_j at position p_j is explained as the logit of o_j read at p_j - 1, over the
-prefix tokens [0, p_j). The prefixes are left-padded into one batch (Mamba ignores padded positions
-exactly: their SSM input is zeroed), so one forward and one backward explain up to `batch_size`
-output tokens at once.
+prefix tokens [0, p_j). The prefixes are left-padded into one batch (Mamba zeroes the SSM input at
+padded positions), so one forward and one backward explain up to `batch_size` output tokens at once.
+This equals one `explain` per output token to float precision for models without an in_proj bias
+(`use_bias=False`, every released Mamba checkpoint); with an in_proj bias transformers' own forward
+already differs between padded and unpadded input (~1e-3 in the logits), and `batch_size=1` avoids
+padding altogether.
 """
 
 from __future__ import annotations
