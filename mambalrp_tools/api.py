@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Sequence
 
 import torch
 
-from .architectures import architecture_of
+from .architectures import architecture_of, eval_mode
 from .explanation import Explanation
 from .methods import METHODS, Query, resolve_method
 
@@ -63,7 +62,7 @@ def explain(
             model, ids.to(device), None if mask is None else mask.to(device), None if tgt is None else tgt.to(device),
             None if con is None else con.to(device), position, backend, chunk_size, checkpoint,
         )
-        with _eval_mode(model):
+        with eval_mode(model):
             relevance = METHODS[name](query, **method_kwargs)
             if query.logit is None:
                 query.resolve()
@@ -82,18 +81,6 @@ def explain(
         tokens=[tokenizer.convert_ids_to_tokens(row) for row in ids.tolist()] if tokenizer else None,
         params={k: v for k, v in method_kwargs.items() if isinstance(v, (int, float, str, bool, dict, type(None)))},
     )
-
-
-@contextlib.contextmanager
-def _eval_mode(model):
-    """Run in eval mode (transformers' training path is fused), then restore every module's flag."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def _as_batch(input_ids, attention_mask, tokenizer):

@@ -85,6 +85,19 @@ def lrp_mode(
 _ABSENT = object()
 
 
+@contextlib.contextmanager
+def eval_mode(model):
+    """Eval mode for the duration (transformers' training path is fused and bypasses the patched
+    forward), then every module's own training flag back as it was."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
 def _checkpoint_mode(checkpoint, seq_len, model, device) -> str | None:
     if checkpoint is None:
         checkpoint = _auto_checkpoint(seq_len, model.config, device)

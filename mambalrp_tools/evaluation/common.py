@@ -11,7 +11,6 @@ A *method* in an evaluation is one of:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
+
+from ..architectures import eval_mode  # noqa: F401  (re-exported for the analyses)
 
 RULE_NAMES = ("silu", "ssm", "gate", "norm")
 _RULE_TOKEN = re.compile(r"([+-])([a-z]+)")
@@ -136,18 +137,6 @@ def parse_methods(methods) -> list[MethodSpec]:
 
 
 # ---------------------------------------------------------------- model calls
-
-
-@contextlib.contextmanager
-def eval_mode(model):
-    """Eval mode for the duration (transformers' training path is fused); flags restored after."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def device_of(model) -> torch.device:

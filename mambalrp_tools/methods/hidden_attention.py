@@ -32,6 +32,7 @@ from typing import Iterator
 import torch
 
 from .. import backends
+from ..architectures import eval_mode
 from ..architectures.mamba import selective_parameters
 from ..rules import Rules
 from .base import Query, register
@@ -263,13 +264,8 @@ def hidden_attention(model, input_ids, attention_mask=None) -> torch.Tensor:
     device = next(model.parameters()).device
     mask = None if attention_mask is None else torch.as_tensor(attention_mask).reshape(ids.shape).to(device)
     query = Query(model, ids.to(device), mask, None, None, -1)
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()  # transformers' training path is fused and bypasses the patched forward
-    try:
+    with eval_mode(model):
         return torch.stack([attention_matrix(layer).cpu() for layer in capture_layers(query)])
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def rollout_row(layers: list[LayerSSM], position: int, column_weights=None, block: int | None = None,
