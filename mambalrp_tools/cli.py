@@ -1,4 +1,4 @@
-"""Command line: `mambalrp-tools <command>`. Subcommands register themselves in `COMMANDS`."""
+"""Command line: `mambalrp-tools <command>`; each subcommand's logic lives in its own module."""
 
 from __future__ import annotations
 
