@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..backends import cuda_kernels
 from .. import tasks
 from ..tasks.text import Encoder
 from .tokenizers import MODELS_DIR, build_word_tokenizer
@@ -148,15 +149,6 @@ def zero_pad_embedding(model, pad_id: int = PAD_ID):
     model.get_input_embeddings().weight[pad_id].zero_()
 
 
-def mamba_kernels_available() -> bool:
-    try:
-        import mamba_ssm  # noqa: F401
-        from causal_conv1d import causal_conv1d_fn  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
 def resolve_engine(engine: str, device: torch.device) -> str:
     """'hf': transformers' own forward (fused mamba-ssm kernels on a GPU); 'package': this package's
     forward with every MambaLRP rule off (the true gradient), a chunked scan that is ~20x faster than
@@ -164,7 +156,7 @@ def resolve_engine(engine: str, device: torch.device) -> str:
     if engine not in ("auto", "hf", "package"):
         raise ValueError(f"engine must be auto, hf or package, got {engine!r}")
     if engine == "auto":
-        return "hf" if device.type == "cuda" and mamba_kernels_available() else "package"
+        return "hf" if device.type == "cuda" and cuda_kernels() is not None else "package"
     return engine
 
 
