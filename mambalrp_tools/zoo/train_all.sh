@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Retrain the four toy models on one GPU, each in its own process (tiny models leave the GPU mostly
 # idle, so they share it well): about 6 minutes on an H200. The commands are the ones recorded in each
-# shipped model's training.json, except copying, which uses the recipe that met its bar (see
-# models/copying/training.json, "note"). On a GPU runs are seeded, not bit-exact.
+# shipped model's training.json. On a GPU runs are seeded, not bit-exact.
 # Usage: bash mambalrp_tools/zoo/train_all.sh OUTDIR      (OUTDIR/<name>/ then holds each model)
 set -u
 out=${1:-runs/zoo}
