@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from .architectures import architecture_of, eval_mode
+from .architectures import architecture_of, eval_mode, input_gradients_only
 from .explanation import Explanation
 from .methods import METHODS, Query, resolve_method
 
@@ -62,7 +62,7 @@ def explain(
             model, ids.to(device), None if mask is None else mask.to(device), None if tgt is None else tgt.to(device),
             None if con is None else con.to(device), position, backend, chunk_size, checkpoint,
         )
-        with eval_mode(model):
+        with eval_mode(model), input_gradients_only(model):
             relevance = METHODS[name](query, **method_kwargs)
             if query.logit is None:
                 query.resolve()

@@ -39,10 +39,12 @@ class Backend:
             return cuda_kernels()[1](x, weight.squeeze(1), bias, activation=None)
         return F.conv1d(x, weight, bias, padding=weight.shape[-1] - 1, groups=x.shape[1])
 
-    def scan(self, u, delta, A, B, C, D):
+    def scan(self, u, delta, A, B, C, D, memo=None):
+        """y [b, d, T]. `memo` (a `recompute.Memo`) lets a recomputed layer reuse the PyTorch scan's
+        output; the CUDA kernel is fast enough to simply run again."""
         if self.name == "cuda":
             return cuda_kernels()[0](u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplus=False)
-        return selective_scan(u, delta, A, B, C, D, chunk_size=self.chunk_size)
+        return selective_scan(u, delta, A, B, C, D, chunk_size=self.chunk_size, memo=memo)
 
 
 def resolve(backend: str, device: torch.device, chunk_size: int = DEFAULT_CHUNK) -> Backend:

@@ -24,25 +24,39 @@ import torch
 DEFAULT_CHUNK = 128
 
 
-def selective_scan(u, delta, A, B, C, D=None, chunk_size: int = DEFAULT_CHUNK):
-    """Run the scan. Differentiable in every argument; see the module docstring."""
+def selective_scan(u, delta, A, B, C, D=None, chunk_size: int = DEFAULT_CHUNK, memo=None):
+    """Run the scan. Differentiable in every argument; see the module docstring.
+
+    memo: a `recompute.Memo` of a layer recomputed in backward: the first (no-grad) call leaves y
+    there and the recomputation takes it instead of scanning again. That pays off when delta, A, B
+    and C are constants (the ssm rule); otherwise the backward needs the chunk states and rescans.
+    """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if D is None:
         D = torch.zeros(u.shape[1], dtype=u.dtype, device=u.device)
-    return _ChunkedScan.apply(u, delta, A, B, C, D, int(chunk_size))
+    return _ChunkedScan.apply(u, delta, A, B, C, D, int(chunk_size), memo)
 
 
-def _chunk_inputs(u, delta, A, B, t0, t1, drive: bool = True):
-    """Time-major decay and (if `drive`) input for one chunk: [L, b, d, n] tensors."""
+def _chunk_inputs(u, delta, A, B, t0, t1, buffers):
+    """Time-major decay and (if `buffers` has a second entry) input of one chunk, written into
+    `buffers` ([chunk, b, d, n] each, allocated once per scan: fresh chunk-sized tensors every
+    chunk cost page faults and fragment the host heap)."""
+    L = t1 - t0
     # contiguous time-major layout: each step then reads one dense [b, d, n] slab
     dt = delta[:, :, t0:t1].permute(2, 0, 1).contiguous()  # [L, b, d]
-    decay = torch.exp(dt.unsqueeze(-1) * A)  # [L, b, d, n]
-    if not drive:
+    decay = torch.mul(dt.unsqueeze(-1), A, out=buffers[0][:L]).exp_()
+    if len(buffers) == 1:
         return decay, None
     dtu = dt * u[:, :, t0:t1].permute(2, 0, 1)
-    drive = dtu.unsqueeze(-1) * B[:, :, t0:t1].permute(2, 0, 1).contiguous().unsqueeze(2)
-    return decay, drive
+    B_t = B[:, :, t0:t1].permute(2, 0, 1).contiguous().unsqueeze(2)  # [L, b, 1, n]
+    return decay, torch.mul(dtu.unsqueeze(-1), B_t, out=buffers[1][:L])
+
+
+def _buffers(delta, n, chunk, count):
+    """`count` chunk buffers [min(chunk, T), b, d, n] for `_chunk_inputs` (1: decay only; 2: and drive)."""
+    b, d, T = delta.shape
+    return [delta.new_empty(min(chunk, T), b, d, n) for _ in range(count)]
 
 
 def _run_states(decay, drive, s0):
@@ -56,47 +70,61 @@ def _run_states(decay, drive, s0):
     return drive
 
 
+def _scan(u, delta, A, B, C, D, chunk):
+    """y [b, d, T] and the state entering each chunk [chunks, b, d, n]."""
+    b, d, T = u.shape
+    n = A.shape[1]
+    y = torch.empty_like(u)
+    s = u.new_zeros(b, d, n)
+    starts = []
+    buffers = _buffers(delta, n, chunk, 2)
+    for t0 in range(0, T, chunk):
+        t1 = min(t0 + chunk, T)
+        starts.append(s)
+        decay, drive = _chunk_inputs(u, delta, A, B, t0, t1, buffers)
+        states = _run_states(decay, drive, s)
+        y[:, :, t0:t1] = torch.einsum("lbdn,bnl->bdl", states, C[:, :, t0:t1])
+        s = states[-1].clone()
+    return y + u * D[:, None], torch.stack(starts)
+
+
 class _ChunkedScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, chunk):
-        b, d, T = u.shape
-        n = A.shape[1]
-        y = torch.empty_like(u)
-        s = u.new_zeros(b, d, n)
-        starts = []
-        for t0 in range(0, T, chunk):
-            t1 = min(t0 + chunk, T)
-            starts.append(s)
-            decay, drive = _chunk_inputs(u, delta, A, B, t0, t1)
-            states = _run_states(decay, drive, s)
-            y[:, :, t0:t1] = torch.einsum("lbdn,bnl->bdl", states, C[:, :, t0:t1])
-            s = states[-1].clone()
-        y = y + u * D[:, None]
-        ctx.save_for_backward(u, delta, A, B, C, D, torch.stack(starts))
+    def forward(ctx, u, delta, A, B, C, D, chunk, memo):
+        full = any(ctx.needs_input_grad[1:5])  # the backward needs the chunk states
+        known = None if memo is None else memo.take("scan", u.device)
+        if known is None or full:
+            y, starts = _scan(u, delta, A, B, C, D, chunk)
+            if memo is not None and not torch.is_grad_enabled():
+                memo.put("scan", y)
+        else:
+            (y,), starts = known, None
+        # with delta, A, B and C constant (the ssm rule) the backward needs neither u nor the states
+        need_u = full or ctx.needs_input_grad[5]
+        ctx.save_for_backward(u if need_u else None, delta, A, B, C, D, starts)
         ctx.chunk = chunk
         return y
 
     @staticmethod
     def backward(ctx, dy):
         u, delta, A, B, C, D, starts = ctx.saved_tensors
-        need_u, need_delta, need_A, need_B, need_C, need_D, _ = ctx.needs_input_grad
+        need_u, need_delta, need_A, need_B, need_C, need_D, _, _ = ctx.needs_input_grad
         full = need_delta or need_A or need_B or need_C  # gradients beyond the linear path in u
         chunk = ctx.chunk
-        b, d, T = u.shape
+        b, d, T = delta.shape
         n = A.shape[1]
         dy = dy.contiguous()
-        du = torch.empty_like(u)
+        du = torch.empty_like(delta)
         ddelta = torch.empty_like(delta) if need_delta else None
         dB = torch.empty_like(B) if need_B else None
         dC = torch.empty_like(C) if need_C else None
         dA = torch.zeros_like(A) if need_A else None
-        L0 = min(chunk, T)
-        lam_buf = u.new_empty(L0, b, d, n)
-        carry = u.new_zeros(b, d, n)  # exp(delta_{t1} A) * lambda_{t1}, flowing into the chunk's last step
+        lam_buf, *buffers = _buffers(delta, n, chunk, 3 if full else 2)
+        carry = delta.new_zeros(b, d, n)  # exp(delta_{t1} A) * lambda_{t1}, flowing into the chunk's last step
         for k, t0 in reversed(list(enumerate(range(0, T, chunk)))):
             t1 = min(t0 + chunk, T)
             L = t1 - t0
-            decay, drive = _chunk_inputs(u, delta, A, B, t0, t1, drive=full)
+            decay, drive = _chunk_inputs(u, delta, A, B, t0, t1, buffers)
             # source of the adjoint, C_t dy_t, for the whole chunk in one op: [L, b, d, n]
             lam = torch.mul(dy[:, :, t0:t1].permute(2, 0, 1).unsqueeze(-1), C[:, :, t0:t1].permute(2, 0, 1).unsqueeze(2),
                             out=lam_buf[:L])
@@ -127,7 +155,7 @@ class _ChunkedScan(torch.autograd.Function):
                     dA += torch.einsum("lbdn,bdl->dn", g, dt_c)
         du = du + dy * D[:, None]
         dD = (dy * u).sum(dim=(0, 2)) if need_D else None
-        return (du if need_u else None), ddelta, dA, dB, dC, dD, None
+        return (du if need_u else None), ddelta, dA, dB, dC, dD, None, None
 
 
 def reference_scan(u, delta, A, B, C, D=None):

@@ -118,8 +118,65 @@ def test_chunked_scan_relevance_equals_per_step_loop(arch, monkeypatch, chunk_si
     model = tiny_model(arch, zero_biases=True, dtype=torch.float64)
     ids = _inputs(T=50, batch=2)
     # a float64 model runs in float64 end to end, so the comparison is tight
-    monkeypatch.setattr(backends.Backend, "scan", lambda self, *a: reference_scan(*a))
+    monkeypatch.setattr(backends.Backend, "scan", lambda self, *a, memo=None: reference_scan(*a))
     naive = mlt.explain(model, ids, method=method, target=4, backend="torch")
     monkeypatch.undo()
     chunked = mlt.explain(model, ids, method=method, target=4, backend="torch", chunk_size=chunk_size)
     torch.testing.assert_close(chunked.relevance, naive.relevance, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("method,scans_per_layer", [("mambalrp", 1), ("gradient_x_input", 2)])
+def test_recomputation_reuses_the_scan_under_the_ssm_rule(arch, monkeypatch, method, scans_per_layer):
+    """Under the ssm rule a recomputed layer takes its scan output from the memo (one scan per layer);
+    with true gradients the backward needs the chunk states, so the layer scans again."""
+    from mambalrp_tools import scan
+
+    model = tiny_model(arch, zero_biases=True)
+    ids = _inputs(T=40)
+    calls = []
+    real = scan._scan
+    monkeypatch.setattr(scan, "_scan", lambda *a: calls.append(1) or real(*a))
+    recomputed = mlt.explain(model, ids, method=method, checkpoint="device", chunk_size=16)
+    assert len(calls) == scans_per_layer * model.config.num_hidden_layers
+    calls.clear()
+    stored = mlt.explain(model, ids, method=method, checkpoint=False, chunk_size=16)
+    assert len(calls) == model.config.num_hidden_layers
+    torch.testing.assert_close(recomputed.relevance, stored.relevance, rtol=0, atol=0)
+
+
+def test_explain_freezes_weights_only_while_it_runs():
+    """Explanations need input gradients only: weights stop requiring grad for the duration (autograd
+    then keeps no layer inputs for weight gradients) and get their own flags back, also after an error."""
+    from mambalrp_tools.architectures import input_gradients_only
+
+    model = tiny_model(zero_biases=True)
+    model.backbone.layers[0].mixer.A_log.requires_grad_(False)  # a user's own choice must survive
+    flags = [p.requires_grad for p in model.parameters()]
+    seen = []
+    with input_gradients_only(model):
+        seen = [p.requires_grad for p in model.parameters()]
+    assert not any(seen)
+    assert [p.requires_grad for p in model.parameters()] == flags
+    with pytest.raises(RuntimeError), input_gradients_only(model):
+        raise RuntimeError("interrupted")
+    assert [p.requires_grad for p in model.parameters()] == flags
+    mlt.explain(model, _inputs(T=12))
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_host_slabs_pack_kept_tensors_into_shared_blocks():
+    from mambalrp_tools.recompute import HostSlabs
+
+    slabs = HostSlabs()
+    slabs.SLAB_BYTES = 1 << 12  # small slabs, to exercise starting a new one
+    xs = [torch.randn(3, 50), torch.randn(7).double(), torch.randn(20, 20)]  # 600, 56 and 1600 bytes
+    kept = [slabs.copy(x) for x in xs]
+    for x, k in zip(xs, kept):
+        assert torch.equal(k, x) and k.dtype == x.dtype
+    storages = {k.untyped_storage().data_ptr() for k in kept}
+    assert len(storages) == 1  # all three fit in one 4 KiB slab
+    big = torch.randn(2000)  # 8 KB: more than a slab, kept as it is
+    assert slabs.copy(big).untyped_storage().data_ptr() == big.untyped_storage().data_ptr()
+    more = slabs.copy(torch.randn(600))  # 2.4 KB no longer fits next to the others: a new slab
+    assert more.untyped_storage().data_ptr() not in storages

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .. import rules as R
 from ..backends import Backend
-from ..recompute import recompute
+from ..recompute import HostSlabs, recompute
 
 #: floats per token, layer and inner channel that autograd keeps through one Mamba layer
 #: (9.9 measured: transformers' Gradient x Input on mamba-130m at 32,768 tokens, H200)
@@ -76,10 +76,11 @@ def selective_parameters(mixer, hidden_states, attention_mask, rules: R.Rules, b
     return u.transpose(1, 2).contiguous(), delta.contiguous(), A, B.contiguous(), C.contiguous(), D, z
 
 
-def mixer_core(mixer, hidden_states, attention_mask, rules: R.Rules, backend: Backend):
-    """The selective SSM block of one layer: [b, T, hidden] -> [b, T, hidden], in float32."""
+def mixer_core(mixer, hidden_states, attention_mask, rules: R.Rules, backend: Backend, memo=None):
+    """The selective SSM block of one layer: [b, T, hidden] -> [b, T, hidden], in float32.
+    `memo`: the layer's `recompute.Memo` when it is recomputed in backward."""
     u, delta, A, B, C, D, z = selective_parameters(mixer, hidden_states, attention_mask, rules, backend)
-    y = backend.scan(u, delta, A, B, C, D)
+    y = backend.scan(u, delta, A, B, C, D, memo=memo if rules.ssm else None)
     g = R.gate(y, R.silu(z, rules.silu), rules.gate)
     return F.linear(g.transpose(1, 2), _f32(mixer.out_proj.weight), _f32(mixer.out_proj.bias))
 
@@ -88,16 +89,16 @@ def mixer_forward(mixer, rules: R.Rules, backend: Backend):
     """Replacement for `MambaMixer.forward`; a cached (generation) call keeps transformers' path."""
     original = type(mixer).forward
 
-    def forward(hidden_states, cache=None, attention_mask=None, cache_params=None, **kwargs):
+    def forward(hidden_states, cache=None, attention_mask=None, cache_params=None, memo=None, **kwargs):
         cache = cache if cache is not None else cache_params
         if cache is not None:
             return original(mixer, hidden_states, cache, attention_mask=attention_mask, **kwargs)
-        return mixer_core(mixer, hidden_states, attention_mask, rules, backend)
+        return mixer_core(mixer, hidden_states, attention_mask, rules, backend, memo)
 
     return forward
 
 
-def block_forward(block, rules: R.Rules, backend: Backend, checkpoint: str | None):
+def block_forward(block, rules: R.Rules, backend: Backend, checkpoint: str | None, slabs: HostSlabs):
     """Replacement for `MambaBlock.forward`: float32 residual stream, optional recomputation
     (`checkpoint` = "device" keeps each layer's input on its device; "cpu" moves it to host memory
     when the GPU could not also recompute a layer, ~ACTIVATION_FLOATS x d_inner floats per token)."""
@@ -108,8 +109,8 @@ def block_forward(block, rules: R.Rules, backend: Backend, checkpoint: str | Non
         if cache is not None:
             return original(block, hidden_states, cache, attention_mask=attention_mask, **kwargs)
 
-        def layer(x):
-            return x + block.mixer(block.norm(x), attention_mask=attention_mask)
+        def layer(x, memo=None):
+            return x + block.mixer(block.norm(x), attention_mask=attention_mask, memo=memo)
 
         hidden_states = R.upcast(hidden_states)
         if checkpoint and torch.is_grad_enabled() and hidden_states.requires_grad:
@@ -117,7 +118,7 @@ def block_forward(block, rules: R.Rules, backend: Backend, checkpoint: str | Non
             if checkpoint == "cpu":  # room to recompute one layer, with a 1.5x margin
                 keep_free = int(1.5 * hidden_states.shape[0] * hidden_states.shape[1] * ACTIVATION_FLOATS
                                 * block.mixer.intermediate_size * 4)
-            return recompute(layer, hidden_states, keep_free)
+            return recompute(layer, hidden_states, keep_free, slabs)
         return layer(hidden_states)
 
     return forward
@@ -144,8 +145,9 @@ def patches(model, rules: R.Rules, backend: Backend, checkpoint: str | None):
     """(module, replacement forward) for every module of a Mamba-1 / FalconMamba backbone."""
     backbone = model.base_model
     yield backbone, backbone_forward(backbone)
+    slabs = HostSlabs()
     for block in backbone.layers:
-        yield block, block_forward(block, rules, backend, checkpoint)
+        yield block, block_forward(block, rules, backend, checkpoint, slabs)
         yield block.norm, norm_forward(block.norm, rules)
         yield block.mixer, mixer_forward(block.mixer, rules, backend)
     yield backbone.norm_f, norm_forward(backbone.norm_f, rules)
