@@ -104,6 +104,19 @@ def machine(device) -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
+def versions() -> dict:
+    """Versions of everything the timings depend on (absent kernels: None)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "mambalrp_tools", "mamba_ssm", "causal_conv1d"):
+        try:
+            out[name] = version(name.replace("_", "-"))
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -122,15 +135,13 @@ def main():
         return
 
     import torch
-    import transformers
-
-    import mambalrp_tools
 
     from mambalrp_tools.backends import resolve
 
     backend = resolve("auto", torch.device(args.device)).name
-    print(f"# {machine(args.device)}; torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"mambalrp_tools {mambalrp_tools.__version__}, backend {backend}")
+    installed = versions()
+    print(f"# {machine(args.device)}; " + ", ".join(f"{k} {v}" for k, v in installed.items() if v)
+          + f"; backend {backend}")
     rows = []
     header = ("T", "explain s", "explain/HF fwd", "explain/own fwd", "explain/HF GxI", "IG/HF fwd",
               "peak explain", "peak HF fwd", "tokens/s")
@@ -163,8 +174,7 @@ def main():
         print(f"# {where}: {err}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine(args.device), "torch": torch.__version__,
-                       "transformers": transformers.__version__, "backend": backend, "rows": rows}, f, indent=1)
+            json.dump({"machine": machine(args.device), **installed, "backend": backend, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

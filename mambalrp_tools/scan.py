@@ -168,3 +168,24 @@ def reference_scan(u, delta, A, B, C, D=None):
         ys.append((s * C[:, None, :, t]).sum(-1))
     y = torch.stack(ys, dim=-1)
     return y if D is None else y + u * D[:, None]
+
+
+def adjoint_by_forward_scan(forward_scan, dy, delta, A, B, C, D):
+    """du of y = scan(u; delta, A, B, C, D) for constant delta, A, B, C (the ssm rule), computed by a
+    forward scan, so a forward-only kernel can run MambaLRP's backward.
+
+    The adjoint lambda_t = exp(delta_{t+1} A) lambda_{t+1} + C_t dy_t runs backwards in time; read in
+    reversed time it is a selective scan with delta'_t = delta_{t+1}, B' = C, C' = B and input
+    dy_t / delta_{t+1} (the scan multiplies its input by delta'), and du_t = delta_t B_t.lambda_t + D dy_t.
+    `forward_scan(u, delta, A, B, C)` -> y. Returns None where some delta is too small to divide by.
+    """
+    ones = torch.ones_like(delta[..., :1])
+    delta_next = torch.cat([delta[..., 1:], ones], dim=-1)  # the last step has no successor
+    if bool((delta_next < _SMALLEST_DELTA).any()):
+        return None
+    y_rev = forward_scan((dy / delta_next).flip(-1), delta_next.flip(-1), A, C.flip(-1), B.flip(-1))
+    return torch.addcmul(dy * D[:, None], delta, y_rev.flip(-1))
+
+
+#: below this a delta underflows when it divides the adjoint's input (softplus outputs are > 0)
+_SMALLEST_DELTA = 1e-30

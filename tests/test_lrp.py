@@ -431,6 +431,20 @@ def test_chunked_scan_linear_path_with_detached_parameters(chunk):
                                rtol=1e-12, atol=1e-12)
 
 
+def test_adjoint_by_forward_scan_equals_the_gradient():
+    """The backward that forward-only kernels use: the adjoint run as a forward scan in reversed time."""
+    from mambalrp_tools.scan import adjoint_by_forward_scan
+
+    u, delta, A, B, C, D = scan_inputs(1, T=23)
+    u.requires_grad_()
+    dy = torch.randn_like(u)
+    (du_ref,) = torch.autograd.grad(reference_scan(u, delta, A, B, C, D), u, dy)
+    du = adjoint_by_forward_scan(reference_scan, dy, delta, A, B, C, D)
+    torch.testing.assert_close(du, du_ref, rtol=1e-10, atol=1e-12)
+    delta[0, 1, 5] = 1e-40  # would overflow dy / delta: the caller must fall back
+    assert adjoint_by_forward_scan(reference_scan, dy, delta, A, B, C, D) is None
+
+
 def test_chunked_scan_gradcheck_and_no_D():
     inputs = [t.requires_grad_() for t in scan_inputs(5, b=1, d=2, n=3, T=7)]
     assert torch.autograd.gradcheck(lambda *a: selective_scan(*a, chunk_size=3), inputs)
