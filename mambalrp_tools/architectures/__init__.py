@@ -129,7 +129,9 @@ def _auto_checkpoint(seq_len, config, device):
     """Recompute layers only when storing every layer's activations would not fit comfortably.
 
     Autograd keeps about mamba.ACTIVATION_FLOATS x intermediate_size floats per token and layer;
-    recomputation keeps one hidden_size vector per token and layer. Estimates are for batch 1.
+    recomputation keeps one hidden_size vector per token and layer, and with the PyTorch scan under
+    the ssm rule also the scan output (intermediate_size floats), so that the recomputation skips
+    the scan. Estimates are for batch 1.
     """
     if seq_len is None:
         return False
