@@ -55,8 +55,9 @@ def _kernel_scan(u, delta, A, B, C, D=None):
 
 class _LinearKernelScan(torch.autograd.Function):
     """The kernel scan when only u needs a gradient (the ssm rule): the backward is the adjoint
-    recurrence run by the forward kernel (`scan.adjoint_by_forward_scan`), 2.4x faster than the
-    kernel's own backward, which also computes the unused gradients of delta, A, B, C and D."""
+    recurrence run by the forward kernel (`scan.adjoint_by_forward_scan`). The kernel's own backward
+    also computes the unused gradients of delta, A, B, C and D: on an H200 at 32,768 tokens it took
+    4.4 ms per layer against 1.8 ms for the forward kernel."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D):

@@ -15,6 +15,7 @@ backwards in time. When delta, B and C are detached (MambaLRP's ssm rule) only t
 runs; otherwise the gradients of delta, A, B and C are reduced from the same chunk buffers.
 Inside a chunk the recurrence is one fused `addcmul` per step over a time-major buffer, which is
 work-optimal and cache-friendly on CPU; memory is O(T * (d + n) + chunk * d * n).
+`adjoint_by_forward_scan` runs the same reverse scan with a forward-only kernel (the CUDA backend).
 """
 
 from __future__ import annotations
@@ -170,6 +171,10 @@ def reference_scan(u, delta, A, B, C, D=None):
     return y if D is None else y + u * D[:, None]
 
 
+#: below this a delta underflows when it divides the adjoint's input (softplus outputs are > 0)
+_SMALLEST_DELTA = 1e-30
+
+
 def adjoint_by_forward_scan(forward_scan, dy, delta, A, B, C, D):
     """du of y = scan(u; delta, A, B, C, D) for constant delta, A, B, C (the ssm rule), computed by a
     forward scan, so a forward-only kernel can run MambaLRP's backward.
@@ -177,7 +182,7 @@ def adjoint_by_forward_scan(forward_scan, dy, delta, A, B, C, D):
     The adjoint lambda_t = exp(delta_{t+1} A) lambda_{t+1} + C_t dy_t runs backwards in time; read in
     reversed time it is a selective scan with delta'_t = delta_{t+1}, B' = C, C' = B and input
     dy_t / delta_{t+1} (the scan multiplies its input by delta'), and du_t = delta_t B_t.lambda_t + D dy_t.
-    `forward_scan(u, delta, A, B, C)` -> y. Returns None where some delta is too small to divide by.
+    `forward_scan(u, delta, A, B, C)` -> y. Returns None if some delta is too small to divide by.
     """
     ones = torch.ones_like(delta[..., :1])
     delta_next = torch.cat([delta[..., 1:], ones], dim=-1)  # the last step has no successor
@@ -185,7 +190,3 @@ def adjoint_by_forward_scan(forward_scan, dy, delta, A, B, C, D):
         return None
     y_rev = forward_scan((dy / delta_next).flip(-1), delta_next.flip(-1), A, C.flip(-1), B.flip(-1))
     return torch.addcmul(dy * D[:, None], delta, y_rev.flip(-1))
-
-
-#: below this a delta underflows when it divides the adjoint's input (softplus outputs are > 0)
-_SMALLEST_DELTA = 1e-30
