@@ -147,9 +147,10 @@ class _ChunkedScan(torch.autograd.Function):
             if need_B:
                 dB[:, :, t0:t1] = torch.einsum("lbdn,bdl->bnl", lam, dt_c * u_c)
             if need_delta or need_A:
-                prev = torch.cat([starts[k].unsqueeze(0), states[:-1]], dim=0)
-                # d loss / d(log decay) = lambda_t * s_{t-1} * decay_t
-                g = lam * prev * decay  # [L, b, d, n]
+                # d loss / d(log decay_t) = lambda_t * decay_t * s_{t-1}, in place in the decay buffer
+                g = decay.mul_(lam)  # [L, b, d, n]
+                g[1:].mul_(states[:-1])
+                g[0].mul_(starts[k])
                 if need_delta:
                     ddelta[:, :, t0:t1] = torch.einsum("lbdn,dn->bdl", g, A) + u_c * lam_B
                 if need_A:
