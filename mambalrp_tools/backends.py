@@ -33,20 +33,37 @@ class Backend:
     name: str = "torch"
     chunk_size: int = DEFAULT_CHUNK
 
-    def conv1d(self, x, weight, bias):
-        """Depthwise causal convolution without activation. x [b, d, T], weight [d, 1, k]."""
-        if self.name == "cuda":
-            return cuda_kernels()[1](x, weight.squeeze(1), bias, activation=None)
-        return F.conv1d(x, weight, bias, padding=weight.shape[-1] - 1, groups=x.shape[1])
+    @property
+    def carries_state(self) -> bool:
+        """Whether `conv1d` and `scan` can continue from a state, so a sequence can run in pieces
+        (mamba-ssm's selective_scan_fn cannot start from a given state)."""
+        return self.name != "cuda"
 
-    def scan(self, u, delta, A, B, C, D, memo=None):
-        """y [b, d, T]. `memo` (a `recompute.Memo`) lets a recomputed layer reuse the PyTorch scan's
-        output; the CUDA kernel is fast enough to simply run again."""
+    def conv1d(self, x, weight, bias, history=None):
+        """Depthwise causal convolution without activation. x [b, d, T], weight [d, 1, k];
+        history: the k - 1 inputs before x [b, d, k - 1] (zeros if None; PyTorch backend only)."""
+        if self.name == "cuda":
+            self._no_state(history)
+            return cuda_kernels()[1](x, weight.squeeze(1), bias, activation=None)
+        if history is None:
+            return F.conv1d(x, weight, bias, padding=weight.shape[-1] - 1, groups=x.shape[1])[..., : x.shape[-1]]
+        return F.conv1d(torch.cat([history, x], dim=-1), weight, bias, groups=x.shape[1])
+
+    def scan(self, u, delta, A, B, C, D, memo=None, initial_state=None):
+        """(y [b, d, T], last state [b, d, n] or None). `memo` (a `recompute.Memo`) lets a recomputed
+        layer reuse the PyTorch scan's output; the CUDA kernel is fast enough to simply run again.
+        initial_state [b, d, n] (zeros if None) and the last state: PyTorch backend only."""
         if self.name != "cuda":
-            return selective_scan(u, delta, A, B, C, D, chunk_size=self.chunk_size, memo=memo)
+            return selective_scan(u, delta, A, B, C, D, chunk_size=self.chunk_size, memo=memo,
+                                  initial_state=initial_state, return_last_state=True)
+        self._no_state(initial_state)
         if any(t.requires_grad for t in (delta, A, B, C, D)):
-            return _kernel_scan(u, delta, A, B, C, D)
-        return _LinearKernelScan.apply(u, delta, A, B, C, D)
+            return _kernel_scan(u, delta, A, B, C, D), None
+        return _LinearKernelScan.apply(u, delta, A, B, C, D), None
+
+    def _no_state(self, state):
+        if state is not None:
+            raise ValueError(f"the {self.name} backend cannot continue from a state; use backend='torch'")
 
 
 def _kernel_scan(u, delta, A, B, C, D=None):

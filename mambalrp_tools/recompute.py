@@ -70,31 +70,65 @@ class Memo:
 
 class _Recompute(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, fn, keep_free, slabs, x):
+    def forward(ctx, fn, keep_free, slabs, tile, x):
+        T = x.shape[1]
         ctx.fn, ctx.device = fn, x.device
         ctx.kept = _keep(x, keep_free, slabs)
-        ctx.memo = Memo(keep_free, slabs)
+        ctx.spans = [slice(t0, min(t0 + tile, T)) for t0 in range(0, T, tile)] if tile else [slice(0, T)]
+        ctx.memos = [Memo(keep_free, slabs) for _ in ctx.spans]
+        ctx.states = []  # the state each piece starts from (None: where the sequence starts)
+        out = x if len(ctx.spans) == 1 else torch.empty_like(x)
+        state = None
         with torch.no_grad():
-            return fn(x, ctx.memo)
+            for span, memo in zip(ctx.spans, ctx.memos):
+                ctx.states.append(state)
+                piece, state = fn(x[:, span], span, state, memo)
+                if len(ctx.spans) == 1:
+                    out = piece
+                else:
+                    out[:, span] = piece
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x = ctx.kept.to(ctx.device, non_blocking=True).requires_grad_()
+        x = ctx.kept.to(ctx.device, non_blocking=True)
         ctx.kept = None  # free the host copy as soon as it is back on the device
-        with torch.enable_grad():
-            out = ctx.fn(x, ctx.memo)
-        ctx.memo = None
-        (grad_x,) = torch.autograd.grad(out, x, grad_out)
-        return None, None, None, grad_x
+        grad_x = torch.empty_like(x) if len(ctx.spans) > 1 else None
+        grad_state = None  # d loss / d (the state the later piece started from)
+        while ctx.spans:  # pieces in reverse order, dropping what each kept once it is done
+            span, state, memo = ctx.spans.pop(), ctx.states.pop(), ctx.memos.pop()
+            piece = x[:, span].detach().requires_grad_()
+            if state is not None:  # a tuple or NamedTuple of tensors
+                fresh = [s.detach().requires_grad_() for s in state]
+                state = state._make(fresh) if hasattr(state, "_make") else tuple(fresh)
+            with torch.enable_grad():
+                out, state_out = ctx.fn(piece, span, state, memo)
+            outputs, grads = [out], [grad_out[:, span]]
+            for o, g in zip(state_out or (), grad_state or ()):
+                if g is not None and o.requires_grad:
+                    outputs.append(o)
+                    grads.append(g)
+            grad_piece, *grad_state = torch.autograd.grad(outputs, (piece, *(state or ())), grads, allow_unused=True)
+            if grad_x is None:
+                grad_x = grad_piece
+            else:
+                grad_x[:, span] = grad_piece
+        return None, None, None, None, grad_x
 
 
-def recompute(fn, x: torch.Tensor, keep_free: int | None = None, slabs: HostSlabs | None = None) -> torch.Tensor:
-    """fn(x, memo), storing only x (and what fn puts in `memo`) and re-running fn in backward.
+def recompute(fn, x: torch.Tensor, keep_free: int | None = None, slabs: HostSlabs | None = None,
+              tile: int | None = None) -> torch.Tensor:
+    """fn over x, storing only x (and what fn puts in its memo) and re-running fn in backward.
 
+    fn(piece, span, state, memo) -> (output of piece's shape, state): runs on piece = x[:, span],
+    continuing from the state an earlier call on the tokens before `span` returned (None at the
+    start); it may `memo.put` values in its first call on a piece and `memo.take` them when that
+    piece is recomputed, and must give the same values both times.
+    tile: run fn on pieces of `tile` tokens (dim 1), carrying its state from piece to piece, so
+    that every intermediate of the recomputation is piece-sized, which keeps the work per token
+    the same at any length; None: one piece. The backward recomputes pieces in reverse order.
     keep_free: None keeps x where it is; otherwise x moves to pinned host memory whenever its GPU
     would have fewer than `keep_free` bytes free after keeping it (0 = only when it cannot fit).
     slabs: where CPU tensors are kept (one `HostSlabs` shared by all layers of a model).
-    fn must give the same values both times; it may `memo.put` values in the first call and
-    `memo.take` them in the second.
     """
-    return _Recompute.apply(fn, keep_free, slabs, x)
+    return _Recompute.apply(fn, keep_free, slabs, tile, x)

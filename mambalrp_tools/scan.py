@@ -25,18 +25,24 @@ import torch
 DEFAULT_CHUNK = 128
 
 
-def selective_scan(u, delta, A, B, C, D=None, chunk_size: int = DEFAULT_CHUNK, memo=None):
+def selective_scan(u, delta, A, B, C, D=None, chunk_size: int = DEFAULT_CHUNK, memo=None,
+                   initial_state=None, return_last_state: bool = False):
     """Run the scan. Differentiable in every argument; see the module docstring.
 
     memo: a `recompute.Memo` of a layer recomputed in backward: the first (no-grad) call leaves y
     there and the recomputation takes it instead of scanning again. That pays off when delta, A, B
     and C are constants (the ssm rule); otherwise the backward needs the chunk states and rescans.
+    initial_state: s_{-1} [b, d, n] (zeros if None), so that a long sequence can be scanned in
+    pieces; return_last_state: also return the state after the last step (as mamba-ssm does).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if D is None:
         D = torch.zeros(u.shape[1], dtype=u.dtype, device=u.device)
-    return _ChunkedScan.apply(u, delta, A, B, C, D, int(chunk_size), memo)
+    if initial_state is None:
+        initial_state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    y, last = _ChunkedScan.apply(u, delta, A, B, C, D, initial_state, int(chunk_size), memo)
+    return (y, last) if return_last_state else y
 
 
 def _chunk_inputs(u, delta, A, B, t0, t1, buffers):
@@ -71,12 +77,11 @@ def _run_states(decay, drive, s0):
     return drive
 
 
-def _scan(u, delta, A, B, C, D, chunk):
-    """y [b, d, T] and the state entering each chunk [chunks, b, d, n]."""
-    b, d, T = u.shape
+def _scan(u, delta, A, B, C, D, s, chunk):
+    """y [b, d, T], the state entering each chunk [chunks, b, d, n] (s first) and the last state."""
+    T = u.shape[2]
     n = A.shape[1]
     y = torch.empty_like(u)
-    s = u.new_zeros(b, d, n)
     starts = []
     buffers = _buffers(delta, n, chunk, 2)
     for t0 in range(0, T, chunk):
@@ -86,30 +91,30 @@ def _scan(u, delta, A, B, C, D, chunk):
         states = _run_states(decay, drive, s)
         y[:, :, t0:t1] = torch.einsum("lbdn,bnl->bdl", states, C[:, :, t0:t1])
         s = states[-1].clone()
-    return y + u * D[:, None], torch.stack(starts)
+    return y + u * D[:, None], torch.stack(starts), s
 
 
 class _ChunkedScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, chunk, memo):
+    def forward(ctx, u, delta, A, B, C, D, s0, chunk, memo):
         full = any(ctx.needs_input_grad[1:5])  # the backward needs the chunk states
         known = None if memo is None else memo.take("scan", u.device)
         if known is None or full:
-            y, starts = _scan(u, delta, A, B, C, D, chunk)
+            y, starts, last = _scan(u, delta, A, B, C, D, s0, chunk)
             if memo is not None and not torch.is_grad_enabled():
-                memo.put("scan", y)
+                memo.put("scan", y, last)
         else:
-            (y,), starts = known, None
+            (y, last), starts = known, None
         # with delta, A, B and C constant (the ssm rule) the backward needs neither u nor the states
         need_u = full or ctx.needs_input_grad[5]
         ctx.save_for_backward(u if need_u else None, delta, A, B, C, D, starts)
         ctx.chunk = chunk
-        return y
+        return y, last
 
     @staticmethod
-    def backward(ctx, dy):
+    def backward(ctx, dy, dlast):
         u, delta, A, B, C, D, starts = ctx.saved_tensors
-        need_u, need_delta, need_A, need_B, need_C, need_D, _, _ = ctx.needs_input_grad
+        need_u, need_delta, need_A, need_B, need_C, need_D, need_s0, _, _ = ctx.needs_input_grad
         full = need_delta or need_A or need_B or need_C  # gradients beyond the linear path in u
         chunk = ctx.chunk
         b, d, T = delta.shape
@@ -121,7 +126,8 @@ class _ChunkedScan(torch.autograd.Function):
         dC = torch.empty_like(C) if need_C else None
         dA = torch.zeros_like(A) if need_A else None
         lam_buf, *buffers = _buffers(delta, n, chunk, 3 if full else 2)
-        carry = delta.new_zeros(b, d, n)  # exp(delta_{t1} A) * lambda_{t1}, flowing into the chunk's last step
+        # d loss / d s_{t1 - 1} from later steps: exp(delta_{t1} A) * lambda_{t1}, or dlast at the end
+        carry = dlast.clone()
         for k, t0 in reversed(list(enumerate(range(0, T, chunk)))):
             t1 = min(t0 + chunk, T)
             L = t1 - t0
@@ -157,7 +163,7 @@ class _ChunkedScan(torch.autograd.Function):
                     dA += torch.einsum("lbdn,bdl->dn", g, dt_c)
         du = du + dy * D[:, None]
         dD = (dy * u).sum(dim=(0, 2)) if need_D else None
-        return (du if need_u else None), ddelta, dA, dB, dC, dD, None, None
+        return (du if need_u else None), ddelta, dA, dB, dC, dD, (carry if need_s0 else None), None, None
 
 
 def reference_scan(u, delta, A, B, C, D=None):

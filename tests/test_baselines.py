@@ -237,7 +237,7 @@ def test_attention_float32_matches_layer_scan(arch):
 
     _, layers = _layers(arch, dtype=torch.float32)
     for layer in layers:
-        y = backends.resolve("torch", "cpu").scan(layer.u, layer.delta, layer.A, layer.B, layer.C, layer.D)
+        y, _ = backends.resolve("torch", "cpu").scan(layer.u, layer.delta, layer.A, layer.B, layer.C, layer.D)
         y = y - layer.D[:, None] * layer.u
         per_channel = torch.stack(
             [attention_matrix(layer.channels(slice(d, d + 1))) for d in range(layer.u.shape[1])], 1

@@ -445,6 +445,41 @@ def test_adjoint_by_forward_scan_equals_the_gradient():
     assert adjoint_by_forward_scan(reference_scan, dy, delta, A, B, C, D) is None
 
 
+@pytest.mark.parametrize("split", [1, 5, 12])
+@pytest.mark.parametrize("detached", [False, True])
+def test_chunked_scan_continues_from_a_state(split, detached):
+    """Two scans chained through the last state equal one scan, in values and in every gradient."""
+    inputs = scan_inputs(split, T=13)
+    for i, t in enumerate(inputs):
+        t.requires_grad_(i in (0, 5) or not detached)  # detached: the ssm rule's linear path
+    dy = torch.randn_like(inputs[0])
+    u, delta, A, B, C, D = inputs
+    first, state = selective_scan(*(t[..., :split] if t.dim() == 3 else t for t in inputs), chunk_size=3,
+                                  return_last_state=True)
+    second = selective_scan(*(t[..., split:] if t.dim() == 3 else t for t in inputs), chunk_size=4,
+                            initial_state=state)
+    y = torch.cat([first, second], dim=-1)
+    y_ref = reference_scan(*inputs)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    wanted = [t for t in inputs if t.requires_grad]
+    for g, g_ref in zip(torch.autograd.grad(y, wanted, dy), torch.autograd.grad(y_ref, wanted, dy)):
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_chunked_scan_gradcheck_through_the_states():
+    u, delta, A, B, C, D = [t.requires_grad_() for t in scan_inputs(6, b=1, d=2, n=3, T=7)]
+    s0 = torch.randn(1, 2, 3, dtype=torch.float64, requires_grad=True)
+
+    def run(u, delta, A, B, C, D, s0):
+        y, last = selective_scan(u, delta, A, B, C, D, chunk_size=3, initial_state=s0, return_last_state=True)
+        return y, last
+
+    assert torch.autograd.gradcheck(run, (u, delta, A, B, C, D, s0))
+    # and the ssm rule's path, where only u, D and the state need gradients
+    assert torch.autograd.gradcheck(lambda u, D, s0: run(u, delta.detach(), A.detach(), B.detach(), C.detach(), D, s0),
+                                    (u, D, s0))
+
+
 def test_chunked_scan_gradcheck_and_no_D():
     inputs = [t.requires_grad_() for t in scan_inputs(5, b=1, d=2, n=3, T=7)]
     assert torch.autograd.gradcheck(lambda *a: selective_scan(*a, chunk_size=3), inputs)

@@ -8,6 +8,8 @@ dtype (float64 models stay float64), so relevance of fp16/bf16 models is as prec
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -18,6 +20,9 @@ from ..recompute import HostSlabs, recompute
 #: floats per token, layer and inner channel that autograd keeps through one Mamba layer
 #: (9.9 measured: transformers' Gradient x Input on mamba-130m at 32,768 tokens, H200)
 ACTIVATION_FLOATS = 10
+#: tokens per piece when a recomputed layer runs in pieces over time (PyTorch backend): its
+#: intermediates then stay tens of MB whatever the length (see `recompute`)
+RECOMPUTE_TILE = 1024
 
 
 def norm_forward(norm, rules: R.Rules):
@@ -49,18 +54,17 @@ def _f32(p):
     return None if p is None else R.upcast(p)
 
 
-def selective_parameters(mixer, hidden_states, attention_mask, rules: R.Rules, backend: Backend):
-    """Everything the scan of one layer consumes, in float32, with the silu, norm and ssm rules applied.
-
-    Returns u, delta [b, d_inner, T]; A [d_inner, n]; B, C [b, n, T]; D [d_inner]; z [b, d_inner, T]
-    (the gate's pre-activation). The hidden-attention baselines read the same quantities.
-    """
-    seq_len = hidden_states.shape[1]
+def in_projection(mixer, hidden_states, attention_mask):
+    """xs (the convolution's input) and z (the gate's pre-activation), [b, d_inner, T] each, float32."""
     x = _mask(R.upcast(hidden_states), attention_mask)
     projected = F.linear(x, _f32(mixer.in_proj.weight), _f32(mixer.in_proj.bias)).transpose(1, 2)
-    xs, z = projected.chunk(2, dim=1)  # [b, d_inner, T] each
+    return projected.chunk(2, dim=1)
 
-    conv = backend.conv1d(xs, _f32(mixer.conv1d.weight), _f32(mixer.conv1d.bias))[..., :seq_len]
+
+def ssm_parameters(mixer, xs, attention_mask, rules: R.Rules, backend: Backend, conv_history=None):
+    """u, delta [b, d_inner, T]; A [d_inner, n]; B, C [b, n, T]; D [d_inner] from the conv input xs,
+    with the silu, norm and ssm rules applied. conv_history: the conv inputs before xs (see `MixerState`)."""
+    conv = backend.conv1d(xs, _f32(mixer.conv1d.weight), _f32(mixer.conv1d.bias), conv_history)
     u = _mask(R.silu(conv, rules.silu).transpose(1, 2), attention_mask)  # [b, T, d_inner]
 
     dt, B, C = torch.split(
@@ -73,27 +77,66 @@ def selective_parameters(mixer, hidden_states, attention_mask, rules: R.Rules, b
     delta = F.softplus(_f32(mixer.dt_proj.weight) @ dt.transpose(1, 2) + _f32(mixer.dt_proj.bias)[:, None])
     A = -torch.exp(R.upcast(mixer.A_log))
     delta, A, B, C, D = ssm_inputs(delta, A, B.transpose(1, 2), C.transpose(1, 2), _f32(mixer.D), rules)
-    return u.transpose(1, 2).contiguous(), delta.contiguous(), A, B.contiguous(), C.contiguous(), D, z
+    return u.transpose(1, 2).contiguous(), delta.contiguous(), A, B.contiguous(), C.contiguous(), D
 
 
-def mixer_core(mixer, hidden_states, attention_mask, rules: R.Rules, backend: Backend, memo=None):
-    """The selective SSM block of one layer: [b, T, hidden] -> [b, T, hidden], in float32.
-    `memo`: the layer's `recompute.Memo` when it is recomputed in backward."""
-    u, delta, A, B, C, D, z = selective_parameters(mixer, hidden_states, attention_mask, rules, backend)
-    y = backend.scan(u, delta, A, B, C, D, memo=memo if rules.ssm else None)
+def selective_parameters(mixer, hidden_states, attention_mask, rules: R.Rules, backend: Backend):
+    """Everything the scan of one layer consumes, in float32, with the silu, norm and ssm rules applied.
+
+    Returns u, delta [b, d_inner, T]; A [d_inner, n]; B, C [b, n, T]; D [d_inner]; z [b, d_inner, T]
+    (the gate's pre-activation). The hidden-attention baselines read the same quantities.
+    """
+    xs, z = in_projection(mixer, hidden_states, attention_mask)
+    return (*ssm_parameters(mixer, xs, attention_mask, rules, backend), z)
+
+
+class MixerState(NamedTuple):
+    """What a mixer carries from one piece of a sequence to the next: the last k - 1 inputs of its
+    causal convolution [b, d_inner, k - 1] and the scan state [b, d_inner, n]."""
+
+    conv: torch.Tensor
+    ssm: torch.Tensor
+
+
+def _last_inputs(xs, history, k):
+    """The last k - 1 convolution inputs up to the end of xs (zeros before the sequence starts)."""
+    seen = xs if history is None else torch.cat([history, xs], dim=-1)
+    return F.pad(seen[..., -(k - 1):], (max(0, k - 1 - seen.shape[-1]), 0)).clone()
+
+
+def mixer_core(mixer, hidden_states, attention_mask, rules: R.Rules, backend: Backend, memo=None,
+               state: MixerState | None = None):
+    """The selective SSM block of one layer: [b, T, hidden] -> ([b, T, hidden] float32, MixerState).
+
+    `memo`: the layer's `recompute.Memo` when it is recomputed in backward. `state`: continue a
+    sequence from where an earlier call on its preceding tokens ended (None: the sequence starts
+    here). The returned state is None on the CUDA backend, which cannot continue from one.
+    """
+    xs, z = in_projection(mixer, hidden_states, attention_mask)
+    u, delta, A, B, C, D = ssm_parameters(mixer, xs, attention_mask, rules, backend,
+                                          None if state is None else state.conv)
+    y, last = backend.scan(u, delta, A, B, C, D, memo=memo if rules.ssm else None,
+                           initial_state=None if state is None else state.ssm)
     g = R.gate(y, R.silu(z, rules.silu), rules.gate)
-    return F.linear(g.transpose(1, 2), _f32(mixer.out_proj.weight), _f32(mixer.out_proj.bias))
+    out = F.linear(g.transpose(1, 2), _f32(mixer.out_proj.weight), _f32(mixer.out_proj.bias))
+    if last is None:
+        return out, None
+    history = None if state is None else state.conv
+    return out, MixerState(_last_inputs(xs, history, mixer.conv1d.weight.shape[-1]), last)
 
 
 def mixer_forward(mixer, rules: R.Rules, backend: Backend):
-    """Replacement for `MambaMixer.forward`; a cached (generation) call keeps transformers' path."""
+    """Replacement for `MambaMixer.forward`; a cached (generation) call keeps transformers' path.
+    With `return_state=True` it returns (output, `MixerState`) and continues from `state`."""
     original = type(mixer).forward
 
-    def forward(hidden_states, cache=None, attention_mask=None, cache_params=None, memo=None, **kwargs):
+    def forward(hidden_states, cache=None, attention_mask=None, cache_params=None, memo=None, state=None,
+                return_state=False, **kwargs):
         cache = cache if cache is not None else cache_params
         if cache is not None:
             return original(mixer, hidden_states, cache, attention_mask=attention_mask, **kwargs)
-        return mixer_core(mixer, hidden_states, attention_mask, rules, backend, memo)
+        out, state = mixer_core(mixer, hidden_states, attention_mask, rules, backend, memo, state)
+        return (out, state) if return_state else out
 
     return forward
 
@@ -109,17 +152,21 @@ def block_forward(block, rules: R.Rules, backend: Backend, checkpoint: str | Non
         if cache is not None:
             return original(block, hidden_states, cache, attention_mask=attention_mask, **kwargs)
 
-        def layer(x, memo=None):
-            return x + block.mixer(block.norm(x), attention_mask=attention_mask, memo=memo)
+        def layer(x, span=slice(None), state=None, memo=None):
+            mask = None if attention_mask is None else attention_mask[:, span]
+            out, state = block.mixer(block.norm(x), attention_mask=mask, memo=memo, state=state, return_state=True)
+            return x + out, state
 
         hidden_states = R.upcast(hidden_states)
         if checkpoint and torch.is_grad_enabled() and hidden_states.requires_grad:
+            tile = RECOMPUTE_TILE if backend.carries_state else None
             keep_free = None
-            if checkpoint == "cpu":  # room to recompute one layer, with a 1.5x margin
-                keep_free = int(1.5 * hidden_states.shape[0] * hidden_states.shape[1] * ACTIVATION_FLOATS
+            if checkpoint == "cpu":  # room to recompute one layer (or tile), with a 1.5x margin
+                tokens = hidden_states.shape[1] if tile is None else min(tile, hidden_states.shape[1])
+                keep_free = int(1.5 * hidden_states.shape[0] * tokens * ACTIVATION_FLOATS
                                 * block.mixer.intermediate_size * 4)
-            return recompute(layer, hidden_states, keep_free, slabs)
-        return layer(hidden_states)
+            return recompute(layer, hidden_states, keep_free, slabs, tile)
+        return layer(hidden_states)[0]
 
     return forward
 
