@@ -22,7 +22,7 @@ from ..recompute import HostSlabs, recompute
 ACTIVATION_FLOATS = 10
 #: tokens per piece when a recomputed layer runs in pieces over time (PyTorch backend): its
 #: intermediates then stay tens of MB whatever the length (see `recompute`)
-RECOMPUTE_TILE = 1024
+RECOMPUTE_TILE = 512
 
 
 def norm_forward(norm, rules: R.Rules):
