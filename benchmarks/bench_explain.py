@@ -61,8 +61,7 @@ def worker(kind: str, T: int, device: str, checkpoint: str | None) -> dict:
             (emb * emb.grad).sum(-1)
             model.zero_grad(set_to_none=True)
         elif kind == "ig":
-            mlt.explain(model, ids, target=0, method="integrated_gradients", n_steps=50, internal_batch_size=10,
-                        checkpoint=ck)
+            mlt.explain(model, ids, target=0, method="integrated_gradients", n_steps=50, checkpoint=ck)
 
     gpu = device.startswith("cuda")
     repeats = 1
@@ -169,6 +168,12 @@ def main():
                  ratio("explain", "own_forward"), ratio("explain", "hf_gxi"), ratio("ig", "hf_forward"),
                  gib("explain"), gib("hf_forward"), f"{T / e:,.0f}" if e else "-"]
         print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
+    timed = [(r["T"], r["explain"]["seconds"]) for r in rows if "seconds" in (r["explain"] or {})]
+    for (t0, s0), (t1, s1) in zip(timed, timed[1:]):
+        print(f"# explain time grows {s1 / s0:.2f}x from T={t0} to T={t1} ({t1 / t0:g}x the tokens)")
+    for r in rows:
+        if "seconds" in (r.get("ig") or {}):
+            print(f"# IG (50 steps) at T={r['T']}: {r['ig']['seconds']:.0f} s, peak {r['ig']['peak_bytes'] / 2**30:.2f} GiB")
     errors = {f"{r['T']}/{k}": r[k]["error"] for r in rows for k in KINDS if r.get(k) and "error" in r[k]}
     for where, err in errors.items():
         print(f"# {where}: {err}")

@@ -131,6 +131,31 @@ def test_ig_internal_batch_size(model, ids):
         torch.testing.assert_close(chunked, full, rtol=1e-4, atol=1e-5 * float(full.abs().max()))
 
 
+def test_auto_batch_sizes_to_memory_and_cpu_cache(monkeypatch):
+    """'auto' runs every point at once for small models, few at once when each point's scan states
+    ([d_inner, d_state]) are large on CPU, and keeps long inputs within the activation budget."""
+    def auto(seq_len, points, **config):
+        model = tiny_model("mamba", layers=1, **config)
+        query = Query(model, torch.zeros(1, seq_len, dtype=torch.long), None, None, None, -1)
+        return captum_methods.auto_batch(query, points)
+
+    assert auto(12, 50) == 50  # 64 x 8 state floats per point
+    assert auto(12, 50, hidden_size=768, state_size=16) == 1  # a 130m-sized layer
+    per_point = 65536 * 64  # tokens x d_inner (x 1 layer)
+    assert auto(65536, 50) == captum_methods.AUTO_BATCH_ELEMENTS // per_point == 32
+    seen = {}
+    monkeypatch.setattr(IntegratedGradients, "attribute",
+                        lambda self, inputs, **kw: seen.update(kw) or torch.zeros_like(inputs))
+    big = tiny_model("mamba", layers=1, hidden_size=768, state_size=16)
+    mlt.explain(big, torch.zeros(3, 12, dtype=torch.long), target=0, method="ig", n_steps=50)
+    assert seen["internal_batch_size"] == 6  # Captum's minimum: two path points of each of 3 samples
+    monkeypatch.setattr(NoiseTunnel, "attribute", lambda self, inputs, **kw: seen.update(kw) or torch.zeros_like(inputs))
+    mlt.explain(big, torch.zeros(1, 12, dtype=torch.long), target=0, method="smoothgrad")
+    assert seen["nt_samples_batch_size"] == 1
+    mlt.explain(tiny_model("mamba"), torch.zeros(1, 12, dtype=torch.long), target=0, method="smoothgrad")
+    assert seen["nt_samples_batch_size"] == 25  # all noisy copies at once
+
+
 def test_ig_baseline_errors(model, ids):
     assert getattr(model.config, "unk_token_id", None) is None
     with pytest.raises(ValueError, match="baseline_token_id"):

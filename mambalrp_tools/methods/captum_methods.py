@@ -24,9 +24,14 @@ from ..rules import Rules
 from .base import register
 
 BASELINES = ("zero", "pad", "unk")
-#: internal_batch_size="auto" keeps (path points x tokens x layers x d_inner) per forward below this;
-#: about 44 bytes each were measured with autograd on a 130m model (so about 6 GB)
-IG_AUTO_ELEMENTS = 2**27
+#: "auto" batches (IG path points, SmoothGrad noisy copies) keep (points x tokens x layers x d_inner)
+#: per forward below this; about 44 bytes each were measured with autograd on a 130m model (~6 GB)
+AUTO_BATCH_ELEMENTS = 2**27
+#: on CPU also (points x d_inner x d_state) below this, so that the scan's per-step states stay in a
+#: core's L2 cache: larger batches run slower per point. Measured on 2 cores (IG, seconds per point):
+#: 130m model at 256 tokens 3.1 in batches of 2, 5.1 in 6, 8.3 in 20; at 1,024 tokens 14.4 in 2,
+#: 31.6 in 10; toy/needle (d_inner x d_state = 4,096) best in batches of 10, toy/copying (6,144) of 4.
+AUTO_BATCH_CPU_STATE_FLOATS = 2**15
 
 
 @register("gradient", aliases=("saliency",))
@@ -55,12 +60,13 @@ def integrated_gradients(query, n_steps: int = 50, baseline="zero", baseline_tok
         `pad_token_id` / `unk_token_id`), an int token id, or a tensor broadcastable to the input
         embeddings [B, T, H] (e.g. [H] or [T, H]).
     internal_batch_size: how many of the n_steps * B path points run through the model at once:
-        "auto" (default) sizes it to the input length and model size (about 6 GB of activations), None
-        runs all at once; Captum runs at least 2 steps of every sample together.
+        "auto" (default) sizes it to the model, the input length and the device (see `auto_batch`),
+        None runs all at once; Captum runs at least 2 steps of every sample together.
     """
     query.resolve()
     if internal_batch_size == "auto":
-        internal_batch_size = _auto_batch(query, int(n_steps))
+        batch = query.input_ids.shape[0]
+        internal_batch_size = max(2 * batch, auto_batch(query, int(n_steps) * batch))
     embeds = query.embeddings()
     base = baseline_embeddings(query.model, query.input_ids, embeds, baseline, baseline_token_id)
     with query.patched(Rules.none()):
@@ -72,7 +78,7 @@ def integrated_gradients(query, n_steps: int = 50, baseline="zero", baseline_tok
 
 
 @register("smoothgrad", aliases=("sg",))
-def smoothgrad(query, nt_samples: int = 25, stdevs: float = 0.15, nt_samples_batch_size: int | None = None,
+def smoothgrad(query, nt_samples: int = 25, stdevs: float = 0.15, nt_samples_batch_size: int | str | None = "auto",
                seed: int = 0):
     """SmoothGrad over Input x Gradient (Captum `NoiseTunnel(InputXGradient)`, nt_type="smoothgrad").
 
@@ -81,7 +87,8 @@ def smoothgrad(query, nt_samples: int = 25, stdevs: float = 0.15, nt_samples_bat
     deviation of all entries of the model's input embedding matrix, so the same `stdevs` means the same
     relative noise for every model (0.15 = 15%, within the 10-20% SmoothGrad recommends).
 
-    nt_samples: noisy copies averaged per sample; nt_samples_batch_size: how many run at once.
+    nt_samples: noisy copies averaged per sample; nt_samples_batch_size: how many run at once
+        ("auto": sized like Integrated Gradients' batches, see `auto_batch`; None: all).
     seed: the noise depends only on `seed` and the sample, not on the rest of the batch, its left
         padding or the global RNG (which is left untouched).
     """
@@ -91,6 +98,8 @@ def smoothgrad(query, nt_samples: int = 25, stdevs: float = 0.15, nt_samples_bat
     weight = query.model.get_input_embeddings().weight
     sigma = float(stdevs) * float(weight.detach().float().std())
     tunnel = NoiseTunnel(InputXGradient(query.forward_func))
+    if nt_samples_batch_size == "auto":
+        nt_samples_batch_size = max(1, auto_batch(query, int(nt_samples)))
     out = torch.zeros(query.input_ids.shape, device=query.input_ids.device)
     # one Captum call per sample: Captum draws noise for the whole batch at once, which would make a
     # sample's attribution depend on its neighbours
@@ -105,12 +114,17 @@ def smoothgrad(query, nt_samples: int = 25, stdevs: float = 0.15, nt_samples_bat
     return out
 
 
-def _auto_batch(query, n_steps: int) -> int:
-    layers = query.model.base_model.layers
-    width = getattr(layers[0].mixer, "intermediate_size", query.model.config.hidden_size)
-    per_point = query.seq_len * len(layers) * width
-    batch = query.input_ids.shape[0]
-    return max(2 * batch, min(n_steps * batch, IG_AUTO_ELEMENTS // per_point))
+def auto_batch(query, points: int) -> int:
+    """How many of `points` inputs of the query's length to run through the model at once: all of
+    them unless their activations would pass AUTO_BATCH_ELEMENTS or, on CPU, their scan states
+    AUTO_BATCH_CPU_STATE_FLOATS (may return 0: the caller applies its minimum)."""
+    config = query.model.config
+    mixer = query.model.base_model.layers[0].mixer
+    width = getattr(mixer, "intermediate_size", config.hidden_size)
+    fit = AUTO_BATCH_ELEMENTS // (query.seq_len * config.num_hidden_layers * width)
+    if query.input_ids.device.type == "cpu":
+        fit = min(fit, AUTO_BATCH_CPU_STATE_FLOATS // (width * getattr(mixer, "ssm_state_size", 16)))
+    return min(points, fit)
 
 
 def per_sample(query):
