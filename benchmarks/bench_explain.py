@@ -120,7 +120,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 8192])
-    p.add_argument("--hf-grad-max", type=int, default=1024, help="longest T for transformers' GxI (its CPU path stores every state)")
+    p.add_argument("--hf-grad-max", type=int,
+                   help="longest T for transformers' GxI; default 256 on CPU (the backward of its per-step "
+                        "loop grows quadratically there), 65536 on a GPU")
     p.add_argument("--hf-forward-max", type=int, default=1 << 30)
     p.add_argument("--ig-lengths", type=int, nargs="*", default=[1024])
     p.add_argument("--checkpoint", default="auto", help="auto | off | device | cpu (explain's layer recomputation)")
@@ -129,6 +131,8 @@ def main():
     p.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     args = p.parse_args()
 
+    if args.hf_grad_max is None:
+        args.hf_grad_max = 65536 if args.device.startswith("cuda") else 256
     if args.worker:
         print(json.dumps(worker(args.worker, args.lengths[0], args.device, args.checkpoint)))
         return

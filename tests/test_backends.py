@@ -172,6 +172,24 @@ def test_recomputing_layers_in_pieces_changes_nothing(arch, monkeypatch, tile, m
     torch.testing.assert_close(pieces.relevance, whole.relevance, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("device,backend", BACKENDS)
+def test_recomputation_matches_reference_on_every_backend(arch, monkeypatch, device, backend):
+    """checkpoint="device" on each backend: in pieces where the backend carries a state (PyTorch),
+    whole layers on mamba-ssm's kernels; the relevance is the reference's either way."""
+    from mambalrp_tools.architectures import mamba
+
+    ids = _inputs(T=70)
+    reference = mlt.explain(tiny_model(arch, zero_biases=True), ids, target=4, checkpoint=False)
+    monkeypatch.setattr(mamba, "RECOMPUTE_TILE", 16)
+    model = tiny_model(arch, zero_biases=True).to(device)
+    snap = snapshot(model)
+    expl = mlt.explain(model, ids, target=4, backend=backend, checkpoint="device", chunk_size=32)
+    assert_untouched(model, snap)
+    scale = reference.relevance.abs().max()
+    torch.testing.assert_close(expl.relevance / scale, reference.relevance / scale, rtol=1e-4, atol=1e-4)
+    assert float(expl.conservation_error.max()) < 1e-4
+
+
 def test_pieces_conserve_relevance(arch, monkeypatch):
     from mambalrp_tools.architectures import mamba
 
