@@ -70,3 +70,5 @@ def test_save_figure_writes_pdf_and_png(tmp_path, expls):
     assert [p.name for p in paths] == ["compare.pdf", "compare.png"]
     assert paths[0].read_bytes()[:4] == b"%PDF" and paths[1].read_bytes()[:4] == b"\x89PNG"
     assert save_figure(fig, "compare.png", tmp_path)[1] == tmp_path / "compare.png"
+    # no creation date: a re-run notebook leaves a committed figure unchanged when nothing changed
+    assert b"/CreationDate" not in paths[0].read_bytes()

@@ -136,6 +136,8 @@ def save_figure(fig, name: str, directory: str | Path = "figures", formats: Sequ
     paths = []
     for fmt in formats:
         path = directory / f"{stem}.{fmt}"
-        fig.savefig(path, format=fmt, dpi=dpi, bbox_inches="tight")
+        # no creation date in PDFs: re-running a notebook leaves an unchanged figure byte-identical
+        metadata = {"CreationDate": None} if fmt == "pdf" else None
+        fig.savefig(path, format=fmt, dpi=dpi, bbox_inches="tight", metadata=metadata)
         paths.append(path)
     return paths
