@@ -453,7 +453,6 @@ def test_chunked_scan_continues_from_a_state(split, detached):
     for i, t in enumerate(inputs):
         t.requires_grad_(i in (0, 5) or not detached)  # detached: the ssm rule's linear path
     dy = torch.randn_like(inputs[0])
-    u, delta, A, B, C, D = inputs
     first, state = selective_scan(*(t[..., :split] if t.dim() == 3 else t for t in inputs), chunk_size=3,
                                   return_last_state=True)
     second = selective_scan(*(t[..., split:] if t.dim() == 3 else t for t in inputs), chunk_size=4,
