@@ -108,7 +108,7 @@ def run(args) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from .common import save_figure
+        from ..viz import save_figure
 
         for name, fig in result.figures().items():
             save_figure(fig, name, directory=result.run_dir / "figures")

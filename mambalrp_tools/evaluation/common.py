@@ -301,22 +301,3 @@ def load_examples(task: str, n: int, seed: int = 0, tokenizer=None, **params) ->
     from .. import tasks
 
     return tasks.load(task, n, seed, tokenizer=tokenizer, **params)
-
-
-def save_figure(fig, name: str, directory) -> list[Path]:
-    """PDF + PNG through `viz.save_figure` when the package has it, else matplotlib directly."""
-    try:
-        from ..viz import save_figure as viz_save
-    except ImportError:
-        viz_save = None
-    if viz_save is not None:
-        out = viz_save(fig, name, directory=directory)
-        return list(out) if isinstance(out, (list, tuple)) else [out]
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("pdf", "png"):
-        p = directory / f"{name}.{ext}"
-        fig.savefig(p, bbox_inches="tight", dpi=150)
-        paths.append(p)
-    return paths
