@@ -129,9 +129,10 @@ def _auto_checkpoint(seq_len, config, device):
     """Recompute layers only when storing every layer's activations would not fit comfortably.
 
     Autograd keeps about mamba.ACTIVATION_FLOATS x intermediate_size floats per token and layer;
-    recomputation keeps one hidden_size vector per token and layer, and with the PyTorch scan under
-    the ssm rule also the scan output (intermediate_size floats), so that the recomputation skips
-    the scan. Estimates are for batch 1.
+    recomputation keeps one hidden_size vector per token and layer (`kept`: what decides "cpu" on a
+    GPU, where the mamba-ssm kernels keep nothing else). The PyTorch scan under the ssm rule also
+    keeps its output (intermediate_size floats) so that the recomputation skips the scan; on CPU
+    that is still well below the budget. Estimates are for batch 1.
     """
     if seq_len is None:
         return False
