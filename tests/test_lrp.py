@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from conftest import assert_untouched, hand_gradient_x_input, rich_model, snapshot, tiny_model
 
 import mambalrp_tools as mlt
-from mambalrp_tools.scan import reference_scan, selective_scan
+from mambalrp_tools.scan import selective_scan
+from reference import reference_scan
 
 RULES = ("silu", "ssm", "gate", "norm")
 ALL_OFF = {r: False for r in RULES}
