@@ -33,7 +33,7 @@ AUTO_BATCH_ELEMENTS = 2**27
 AUTO_BATCH_CPU_STATE_FLOATS = 2**15
 
 
-@register("gradient", aliases=("saliency",))
+@register("gradient", aliases=("saliency",), signed=False)
 def gradient(query):
     """Saliency: the L2 norm of df/de per token (non-negative, as Captum's `Saliency`)."""
     query.resolve()
@@ -45,7 +45,7 @@ def gradient(query):
     return grads.norm(dim=-1)
 
 
-@register("integrated_gradients", aliases=("ig",))
+@register("integrated_gradients", aliases=("ig",), completeness="f - f(baseline)", conserves=True)
 def integrated_gradients(query, n_steps: int = 50, baseline="zero", baseline_token_id: int | None = None,
                          internal_batch_size: int | str | None = "auto", method: str = "gausslegendre"):
     """Integrated Gradients (Captum `IntegratedGradients`) on the input embeddings.
@@ -73,6 +73,8 @@ def integrated_gradients(query, n_steps: int = 50, baseline="zero", baseline_tok
             embeds.requires_grad_(), baselines=base, additional_forward_args=query.forward_args,
             n_steps=int(n_steps), method=method, internal_batch_size=internal_batch_size,
         )
+        with torch.no_grad():  # the completeness target is f(x) - f(baseline)
+            query.baseline_logit = query.forward_func(base, *query.forward_args).float().cpu()
     return attr.sum(-1)
 
 

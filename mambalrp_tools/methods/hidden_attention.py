@@ -262,7 +262,7 @@ def rollout_row(layers: list[LayerSSM], position: int, column_weights=None, bloc
     return torch.nn.functional.pad(r, (0, T - p - 1))
 
 
-@register("attention_rollout", aliases=("rollout",))
+@register("attention_rollout", aliases=("rollout",), signed=False)
 def attention_rollout(query, block: int | None = None):
     """Attention rollout over Mamba's hidden attention: row `position` of prod_l rownorm(|alpha_l| + I).
 
@@ -273,7 +273,7 @@ def attention_rollout(query, block: int | None = None):
     return rollout_row(capture_layers(query), query.position, block=block)
 
 
-@register("mamba_attr", aliases=("mambaattr",))
+@register("mamba_attr", aliases=("mambaattr",), signed=False)
 def mamba_attr(query, block: int | None = None):
     """Mamba-Attr (Ali et al. 2024): rollout of hidden attention weighted by gradients.
 
