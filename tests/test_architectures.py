@@ -241,3 +241,14 @@ def test_randomisation_stages_and_memory_sizes_come_from_the_accessors(toy):
     fit = min(captum_methods.AUTO_BATCH_ELEMENTS // (10 * c.n_layers * c.inner),
               captum_methods.AUTO_BATCH_CPU_STATE_FLOATS // (c.inner * c.state))
     assert captum_methods.auto_batch(query, 10**9) == fit
+
+
+@pytest.mark.timeout(120)
+def test_randomisation_check_runs_through_the_new_architecture(toy):
+    from mambalrp_tools.tasks.base import Example
+
+    examples = [Example(_ids(batch=1, T=8)[0], 0, torch.tensor([1]))]
+    res = evaluation.randomization_check(toy, examples, ["mambalrp", "random"], out=None, progress=False)
+    assert res.summary["stages"] == ["trained", "head", "norm_f", "layer_1", "layer_0", "embeddings"]
+    assert res.summary["methods"]["random"]["spearman"] == pytest.approx([1.0] * 6)
+    assert min(res.summary["methods"]["mambalrp"]["spearman"][1:]) < 0.9

@@ -16,7 +16,8 @@ from typing import Callable
 import torch
 
 from ..architectures import lrp_mode
-from ..rules import Rules, upcast
+from ..numerics import upcast
+from ..rules import Rules
 
 METHODS: dict[str, Callable] = {}
 ALIASES: dict[str, str] = {}
