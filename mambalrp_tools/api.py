@@ -132,7 +132,7 @@ def explain_generation(
     """Relevance of each output token over all tokens before it: an `Explanation` with an output axis.
 
     The outputs are `target_ids`, or `max_new_tokens` tokens generated greedily after the prompt
-    `input_ids` (one sequence). Output j, at position p_j of the full sequence (prompt + outputs), is
+    `input_ids` (one sequence: ids, or a text with `tokenizer`). Output j, at position p_j of the full sequence (prompt + outputs), is
     explained as the logit of that token read at p_j - 1, over the tokens [0, p_j): `relevance`
     [1, n_out, T], `logit` and `target` [1, n_out], `output_positions` [n_out] = p_j - 1.
 
@@ -156,7 +156,14 @@ def explain_outputs(model, input_ids, target_ids, max_new_tokens, run: Callable,
 
     method: the result's method label (default: the explainer's).
     """
-    prompt = torch.as_tensor(input_ids).long().flatten().cpu()
+    if isinstance(input_ids, str):
+        if tokenizer is None:
+            raise ValueError("input is text: pass tokenizer= (e.g. the one load_model returned)")
+        input_ids = tokenizer(input_ids, add_special_tokens=False)["input_ids"]
+    prompt = torch.as_tensor(input_ids).long()
+    if prompt.dim() > 1 and prompt.shape[0] != 1:
+        raise ValueError(f"explain_generation takes one sequence, got a batch of shape {tuple(prompt.shape)}")
+    prompt = prompt.flatten().cpu()
     if prompt.numel() == 0:
         raise ValueError("empty prompt: nothing to explain")
     if target_ids is None:

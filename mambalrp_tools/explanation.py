@@ -141,8 +141,8 @@ class Explanation:
         """The same explanation over words: subword relevance summed into words (see `_words`).
 
         Samples are left-padded to the longest word count (mask 0, word ""); `input_ids` holds the id
-        of each word's first token. An output axis is kept (one sample only), each output's position
-        moved to the word holding its token.
+        of each word's first token; `position` becomes the explained token's word. An output axis is
+        kept (one sample only), each output's position moved to the word holding its token.
         """
         groups = [self._words(i) for i in range(len(self))]
         if self.output_positions is not None and len(self) != 1:
@@ -165,7 +165,9 @@ class Explanation:
         out_pos = None
         if self.output_positions is not None:
             out_pos = torch.tensor([where[int(p)] for p in self.output_positions])
-        position = self.position if self.position < 0 else where.get(self.position, self.position)
+        # the explained token's word (in sample 0), counted from the end when `position` was
+        position = where.get(self.position % self.relevance.shape[-1])
+        position = -1 if position is None else position - width if self.position < 0 else position
         return dataclasses.replace(
             self, relevance=rel, input_ids=ids, attention_mask=None if bool(mask.all()) else mask,
             position=position, tokens=tokens, output_positions=out_pos, info={**self.info, "unit": "word"},

@@ -118,6 +118,10 @@ def test_to_words_merges_bpe_pieces():
     words = manual(tokens, r).to_words()
     assert isinstance(words, Explanation) and words.info["unit"] == "word"
     assert pairs(words) == [("The", 1.0), ("unbelievable", 9.0), ("cat", 5.0), ("sat.", 13.0)]
+    assert words.position == -1  # the last token's word, counted from the end
+    inside = manual(tokens, r)
+    inside.position = 2  # "believ": inside the second word
+    assert inside.to_words().position == 1
 
 
 def test_to_words_drops_padding_and_handles_other_markers():
@@ -303,6 +307,16 @@ def test_generation_saves_loads_and_renders(tmp_path, gen_expl):
     assert loaded.plot(prompt_only=False).images[0].get_array().shape == (3, 8)
     assert len(gen_expl.to_captum()) == 3
     plt.close("all")
+
+
+def test_generation_takes_text_and_refuses_a_batch(setup, gen_expl):
+    model, tokenizer = setup
+    again = mlt.explain_generation(model, "the cat sat on the", max_new_tokens=3, tokenizer=tokenizer)
+    torch.testing.assert_close(again.relevance, gen_expl.relevance)
+    with pytest.raises(ValueError, match="one sequence"):
+        mlt.explain_generation(model, torch.ones(2, 4, dtype=torch.long), max_new_tokens=1)
+    with pytest.raises(ValueError, match="tokenizer"):
+        mlt.explain_generation(model, "the cat", max_new_tokens=1)
 
 
 def test_generation_over_words_keeps_the_output_axis(gen_expl):
