@@ -26,14 +26,11 @@ matrices, so they push one row vector through the layers (last to first), one bl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
-from .. import backends
-from ..architectures import eval_mode
-from ..architectures.mamba import selective_parameters
+from ..architectures import LayerSSM, architecture_of, eval_mode
 from ..rules import Rules
 from .base import Query, register
 
@@ -43,34 +40,6 @@ BUDGET = 1 << 23
 LEAF = 8
 #: most rows per block (larger blocks recompute the keys' decays less often)
 MAX_BLOCK = 512
-
-
-@dataclass
-class LayerSSM:
-    """What the hidden attention of one layer needs (shapes as `selective_parameters` returns them)."""
-
-    u: torch.Tensor  # [b, d, T]
-    delta: torch.Tensor  # [b, d, T]
-    A: torch.Tensor  # [d, n]
-    B: torch.Tensor  # [b, n, T]
-    C: torch.Tensor  # [b, n, T]
-    D: torch.Tensor  # [d]
-    mask: torch.Tensor | None = None  # [b, T]; columns of padded positions are zeroed
-
-    @classmethod
-    def of(cls, mixer, hidden_states, attention_mask=None) -> "LayerSSM":
-        """Parameters of `mixer` for its input `hidden_states` [b, T, hidden] (true values, float32)."""
-        backend = backends.resolve("torch", hidden_states.device)
-        with torch.no_grad():
-            u, delta, A, B, C, D, _ = selective_parameters(mixer, hidden_states, attention_mask, Rules.none(), backend)
-        return cls(u, delta, A, B, C, D, attention_mask)
-
-    def channels(self, index) -> "LayerSSM":
-        """The same layer restricted to channels `index` (a slice or index tensor); for per-channel checks."""
-        return LayerSSM(self.u[:, index], self.delta[:, index], self.A[index], self.B, self.C, self.D[index], self.mask)
-
-    def to(self, dtype) -> "LayerSSM":
-        return LayerSSM(*(t.to(dtype) for t in (self.u, self.delta, self.A, self.B, self.C, self.D)), self.mask)
 
 
 class _Tiler:
@@ -200,11 +169,6 @@ class _Tiler:
             yield t0, t1, self.rows(t0, t1)
 
 
-def attention_rows(layer: LayerSSM, t0: int, t1: int, budget: int = BUDGET, leaf: int = LEAF) -> torch.Tensor:
-    """Rows [t0, t1) of the layer's hidden attention, columns [0, t1): [b, t1 - t0, t1] (signed)."""
-    return _Tiler(layer, budget, leaf).rows(t0, t1)
-
-
 def attention_matrix(layer: LayerSSM, budget: int = BUDGET, leaf: int = LEAF) -> torch.Tensor:
     """The full [b, T, T] hidden attention of one layer (signed, channel-averaged, lower triangular)."""
     T = layer.delta.shape[-1]
@@ -221,7 +185,8 @@ def capture_layers(query, grad: bool = False):
     block l's output is its input plus its mixer's output, so this is the gradient of f w.r.t. the
     mixer's output.
     """
-    mixers = [block.mixer for block in query.model.base_model.layers]
+    arch = architecture_of(query.model)
+    mixers = [arch.mixer(layer) for layer in arch.layers(query.model)]
     inputs, outputs, handles = [], [], []
 
     def pre_hook(module, args, kwargs):
@@ -249,7 +214,7 @@ def capture_layers(query, grad: bool = False):
             h.remove()
     if len(inputs) != len(mixers):
         raise RuntimeError(f"captured {len(inputs)} mixer calls for {len(mixers)} layers")
-    layers = [LayerSSM.of(m, h, mask) for m, h, mask in inputs]
+    layers = [arch.scan_quantities(m, h, mask) for m, h, mask in inputs]
     return (layers, [g.detach() for g in grads]) if grad else layers
 
 
@@ -297,7 +262,7 @@ def rollout_row(layers: list[LayerSSM], position: int, column_weights=None, bloc
     return torch.nn.functional.pad(r, (0, T - p - 1))
 
 
-@register("attention_rollout", aliases=("rollout",))
+@register("attention_rollout", aliases=("rollout",), signed=False)
 def attention_rollout(query, block: int | None = None):
     """Attention rollout over Mamba's hidden attention: row `position` of prod_l rownorm(|alpha_l| + I).
 
@@ -308,7 +273,7 @@ def attention_rollout(query, block: int | None = None):
     return rollout_row(capture_layers(query), query.position, block=block)
 
 
-@register("mamba_attr", aliases=("mambaattr",))
+@register("mamba_attr", aliases=("mambaattr",), signed=False)
 def mamba_attr(query, block: int | None = None):
     """Mamba-Attr (Ali et al. 2024): rollout of hidden attention weighted by gradients.
 
