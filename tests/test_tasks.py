@@ -9,7 +9,7 @@ import torch
 
 from mambalrp_tools import tasks
 from mambalrp_tools.tasks import bios, needle, sentiment
-from mambalrp_tools.zoo.tokenizers import build_word_tokenizer, toy_tokenizer
+from mambalrp_tools.tasks.tokenizers import build_word_tokenizer, toy_tokenizer
 
 SYNTHETIC = ["copying", "needle", "bios", "sentiment"]
 SMALL = {"copying": {}, "needle": {"max_context_length": 256}, "bios": {}, "sentiment": {}}

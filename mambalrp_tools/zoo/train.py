@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ..backends import cuda_kernels
 from .. import tasks
 from ..tasks.text import Encoder
-from .tokenizers import MODELS_DIR, build_word_tokenizer
+from ..tasks.tokenizers import MODELS_DIR, build_word_tokenizer
 
 
 @dataclass(frozen=True)
