@@ -40,12 +40,12 @@ def logits_at(model, ids, position: int = -1, attention_mask=None, *, inputs_emb
     else:
         ids = torch.as_tensor(ids).long()
         kw["input_ids"] = (ids[None] if ids.dim() == 1 else ids).to(dev)
-    with eval_mode(model), _own_forward(model):
+    with eval_mode(model), own_forward(model):
         out = model(**kw)
     return out.logits[:, position].float().cpu()
 
 
-def _own_forward(model):
+def own_forward(model):
     """The package's forward with every rule off for the models it supports; a model it does not know
     (a hand-built test model) is not a transformers Mamba and runs as it is."""
     try:
