@@ -121,7 +121,37 @@ def _checked(name: str, kwargs: dict) -> MethodSpec:
             raise ValueError(f"unknown MambaLRP rule(s) {sorted(unknown)}; the rules are {list(RULE_NAMES)}")
         if not takes_rules(canonical_name):
             raise ValueError(f"rule switches apply to methods that take rules (mambalrp), not {canonical_name!r}")
+    check_options(canonical_name, kwargs)
     return MethodSpec(label=_label(canonical_name, kwargs), name=canonical_name, kwargs=kwargs)
+
+
+def method_options(canonical_name: str) -> list[str] | None:
+    """The keyword options a registered method takes (None: any, it has **kwargs)."""
+    import inspect
+
+    from ..methods import METHODS
+
+    fn = METHODS[canonical_name]
+    fn = getattr(fn, "fn", fn)  # a registry entry that carries metadata around the function
+    params = list(inspect.signature(fn).parameters.values())[1:]  # after the query
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def check_options(canonical_name: str, kwargs: dict):
+    """ValueError naming the nearest option for a misspelled one (`nsteps` -> `n_steps`)."""
+    import difflib
+
+    known = method_options(canonical_name)
+    if known is None:
+        return
+    for key in kwargs:
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise ValueError(f"method {canonical_name!r} has no option {key!r}; {hint}"
+                             f"its options are {known or 'none'}")
 
 
 def parse_methods(methods) -> list[MethodSpec]:
