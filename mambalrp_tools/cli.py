@@ -109,17 +109,15 @@ def add_parser(sub):
     p.add_argument("--method", default="mambalrp",
                    help="a method of mlt.list_methods(), with options as in evaluate: mambalrp:-ssm, ig:n_steps=20 "
                         "(default: mambalrp)")
-    p.add_argument("--target", default=None, help="the token (or token id) to explain (default: the prediction)")
-    p.add_argument("--contrast", default=None, help="explain logit[target] - logit[contrast]")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--target", default=None, help="the token to explain, as text (default: the prediction)")
+    which.add_argument("--target-id", type=int, default=None, help="the token (or class) to explain, by id")
+    p.add_argument("--contrast", default=None, help="explain logit[target] - logit[contrast] (a token as text)")
     p.add_argument("--device", default=None)
     p.add_argument("--top", type=int, default=5, help="alternatives to list (default: 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.set_defaults(run=run_explain)
     return p
-
-
-def _token_arg(text):
-    return int(text) if text is not None and text.lstrip("-").isdigit() else text
 
 
 def explain_report(model, tokenizer, text, method="mambalrp", target=None, contrast=None, top=5) -> dict:
@@ -161,8 +159,8 @@ def run_explain(args) -> int:
     from .models import load_model
 
     model, tokenizer = load_model(args.model, device=args.device, verbose=args.verbose)
-    report = explain_report(model, tokenizer, args.text, args.method, _token_arg(args.target),
-                            _token_arg(args.contrast), args.top)
+    target = args.target if args.target_id is None else args.target_id
+    report = explain_report(model, tokenizer, args.text, args.method, target, args.contrast, args.top)
     report["model"] = args.model
     if args.json:
         import json
@@ -182,8 +180,12 @@ def print_report(report: dict, file=None):
     what = f"logit[{report['target']!r}]" + (f" - logit[{report['contrast']!r}]" if report["contrast"] else "")
     console.print(f"[bold]{report['model']}[/bold], {report['method']}: explains {what} at position "
                   f"{report['position']} = {report['explained']:.4f}")
-    console.print(f"predicted {report['predicted']!r}; {report['target']!r}: logit {report['logit']:.4f}, "
-                  f"probability {report['probability']:.4f}")
+    if report["predicted"] == report["target"]:
+        console.print(f"the model predicts {report['target']!r}: logit {report['logit']:.4f}, "
+                      f"probability {report['probability']:.4f}")
+    else:
+        console.print(f"the model predicts {report['predicted']!r}; {report['target']!r} has logit "
+                      f"{report['logit']:.4f}, probability {report['probability']:.4f}")
     console.print("top: " + ", ".join(f"{t['token']!r} {t['probability']:.3f}" for t in report["top"]))
     err = report["conservation_error"]
     console.print(f"sum R = {report['sum_relevance']:.4f}" + ("" if err is None else f", conservation error {err:.2e}"))
