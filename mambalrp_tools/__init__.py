@@ -2,17 +2,39 @@
 
     import mambalrp_tools as mlt
     model, tokenizer = mlt.load_model("toy/needle")
-    expl = mlt.explain(model, "the secret code is 4 7 1 9 . the code is", tokenizer=tokenizer)
-    gen = mlt.explain_generation(model, expl.input_ids, max_new_tokens=4)   # an output axis
+    expl = mlt.explain(model, "the secret code is 4 7 1 9 . what is the secret code ? the secret code is",
+                       tokenizer=tokenizer)
 """
 
-from .api import explain, explain_generation
-from .architectures import lrp_mode
-from .explanation import Explanation
-from .methods import list_methods, method_info, register
-from .models import load_model, list_toy_models, make_classifier
-from .rules import Rules
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["Explanation", "Rules", "explain", "explain_generation", "list_methods", "list_toy_models", "load_model",
-           "lrp_mode", "make_classifier", "method_info", "register"]
+
+# Loaded on first use (PEP 562), so that `mambalrp-tools --help` and other light imports of the
+# package do not pay for torch and transformers.
+_EXPORTS = {
+    "explain": "api", "explain_generation": "api", "lrp_mode": "architectures", "Explanation": "explanation",
+    "list_methods": "methods", "method_info": "methods", "register": "methods", "load_model": "models",
+    "list_toy_models": "models", "make_classifier": "models", "Rules": "rules",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("_"):  # a submodule, as `mlt.tasks` / `mlt.evaluation` were before
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_EXPORTS})

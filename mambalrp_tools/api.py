@@ -241,6 +241,7 @@ def _as_batch(input_ids, attention_mask, tokenizer):
             raise ValueError("input is text: pass tokenizer= (e.g. the one load_model returned)")
         texts = [input_ids] if isinstance(input_ids, str) else list(input_ids)
         rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        _warn_unknown_words(tokenizer, texts, rows)
         if any(len(r) == 0 for r in rows):
             raise ValueError("a text tokenized to an empty sequence; nothing to explain")
         width = max(len(r) for r in rows)
@@ -275,6 +276,33 @@ def _as_batch(input_ids, attention_mask, tokenizer):
     return ids, mask
 
 
+def _nearest(tokenizer, word: str, n: int = 5) -> list[str]:
+    import difflib
+
+    return difflib.get_close_matches(word.lower(), list(tokenizer.get_vocab()), n=n, cutoff=0.0)
+
+
+def _warn_unknown_words(tokenizer, texts, rows):
+    """One warning naming the input words that the tokenizer maps to its unknown token."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or not any(unk in r for r in rows):
+        return
+    words = []
+    for text, row in zip(texts, rows):
+        if unk not in row:
+            continue
+        try:  # fast tokenizers give each token's span in the text
+            spans = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            words += [text[a:b] for tid, (a, b) in zip(row, spans) if tid == unk and text[a:b] != tokenizer.unk_token]
+        except (NotImplementedError, KeyError, TypeError, ValueError):
+            words.append(f"{row.count(unk)} word(s) of {text[:40]!r}")
+    if words:
+        import warnings
+
+        warnings.warn(f"input word(s) not in the tokenizer's vocabulary, explained as {tokenizer.unk_token!r}: "
+                      f"{', '.join(repr(w) for w in dict.fromkeys(words))}", stacklevel=4)
+
+
 def _check_ids(ids, vocab):
     bad = (ids < 0) | (ids >= vocab)
     if bool(bad.any()):
@@ -296,6 +324,10 @@ def _as_index(value, batch, n_out, tokenizer, what):
         ids = tokenizer(value, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
             raise ValueError(f"{what} {value!r} is {len(ids)} tokens; give one token (or its id)")
+        unk = getattr(tokenizer, "unk_token_id", None)
+        if unk is not None and ids[0] == unk and value.strip() != tokenizer.unk_token:
+            raise ValueError(f"{what} {value!r} is not in the tokenizer's vocabulary (it would be "
+                             f"{tokenizer.unk_token!r}); nearest entries: {_nearest(tokenizer, value.strip())}")
         value = ids[0]
     idx = torch.as_tensor(value).long().flatten().cpu()
     if idx.numel() == 1:

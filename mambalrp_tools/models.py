@@ -7,6 +7,7 @@ maps to classes (`lm_head = Linear(hidden, num_labels)`), so `model(ids).logits`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -94,34 +95,120 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     trust_remote_code: bool = False,
+    verbose: bool = False,
     **kwargs,
 ):
     """(model, tokenizer) from an embedded `toy/<name>`, a local HF directory or a hub id.
 
     The model is in eval mode. Weights load from safetensors. `trust_remote_code` stays off
-    unless you turn it on. Offline with an uncached hub id, this raises one OSError sentence.
-    A local directory without tokenizer files gives tokenizer None (with a warning).
+    unless you turn it on. A local directory is tried first; a path that names none raises
+    FileNotFoundError. A hub id that is not cached fails at once, in one OSError sentence, when
+    HF_HUB_OFFLINE is set or the hub cannot be reached (no retries). `verbose`: show transformers'
+    progress bars. A local directory without tokenizer files gives tokenizer None (with a warning).
     """
     path = resolve_path(name_or_path)
+    local = Path(path).expanduser()
+    if local.is_dir():
+        path = str(local)
+    elif _looks_like_path(path):
+        raise FileNotFoundError(f"no such directory: {str(name_or_path)!r} ({local.resolve()}); the embedded models "
+                                f"are {', '.join(list_toy_models()) or 'toy/...'}")
     common = dict(trust_remote_code=trust_remote_code, **kwargs)
+    if not local.is_dir() and "local_files_only" not in common and not _cached(path):
+        reason = _hub_unreachable()
+        if reason:
+            raise OSError(_offline_message(name_or_path, reason)) from None
     try:
-        config = AutoConfig.from_pretrained(path, **common)
-        architecture = (config.architectures or [None])[0]
-        loader = {c.__name__: c for c in CLASSIFIERS.values()}.get(architecture, AutoModelForCausalLM)
-        model = loader.from_pretrained(path, dtype=dtype, use_safetensors=True, **common)
-        if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
-            # transformers 5 would build an empty default tokenizer for the model type here (vocab of 2)
-            warnings.warn(f"{str(name_or_path)!r} holds no tokenizer files; returning tokenizer=None", stacklevel=2)
-            tokenizer = None
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(path, **common)
+        with _progress_bars(verbose):
+            config = AutoConfig.from_pretrained(path, **common)
+            architecture = (config.architectures or [None])[0]
+            loader = {c.__name__: c for c in CLASSIFIERS.values()}.get(architecture, AutoModelForCausalLM)
+            model = loader.from_pretrained(path, dtype=dtype, use_safetensors=True, **common)
+            if local.is_dir() and not any((local / f).is_file() for f in TOKENIZER_FILES):
+                # transformers 5 would build an empty default tokenizer for the model type here (vocab of 2)
+                warnings.warn(f"{str(name_or_path)!r} holds no tokenizer files; returning tokenizer=None",
+                              stacklevel=2)
+                tokenizer = None
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(path, **common)
     except OSError as err:
-        where = "a local directory" if Path(path).exists() else "a hub id"
+        where = "a local directory" if local.is_dir() else "a hub id"
         raise OSError(
-            f"could not load {name_or_path!r} as {where}: {str(err).splitlines()[0]} "
-            f"If you are offline, only cached models load; the embedded models "
+            f"could not load {str(name_or_path)!r} as {where}: {' '.join(str(err).split())[:300]} "
+            f"Offline, only cached models load (HF_HUB_OFFLINE=1 skips the network); the embedded models "
             f"({', '.join(list_toy_models()) or 'toy/...'}) always work offline."
         ) from None
     if device is not None:
         model = model.to(device)
     return model.eval(), tokenizer
+
+
+def _looks_like_path(name: str) -> bool:
+    """A hub id is `name` or `owner/name`; anything else (./x, /x, ~/x, a/b/c, C:\\x) is meant as a path."""
+    return (name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or "\\" in name
+            or (len(name) > 1 and name[1] == ":"))
+
+
+def _cached(repo_id: str) -> bool:
+    """Whether the hub cache holds this model's config (then loading needs no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # an id the hub would reject: let transformers say why
+        return True
+    return isinstance(found, str)
+
+
+def _hub_unreachable(timeout: float = 1.5) -> str | None:
+    """Why the hub cannot be reached (HF_HUB_OFFLINE set, or no connection within `timeout` s), or None."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    result: list = []
+
+    def probe():  # in a thread: name resolution has no timeout of its own
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(None)
+        except OSError as err:
+            result.append(f"{host} is unreachable ({type(err).__name__})")
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return result[0] if result else f"{host} did not answer within {timeout:g} s"
+
+
+def _offline_message(name, reason: str) -> str:
+    toys = ", ".join(list_toy_models()) or "toy/..."
+    if reason.startswith("HF_HUB_OFFLINE"):
+        return (f"cannot load {str(name)!r}: it is no local directory and not in the hub cache, and HF_HUB_OFFLINE=1 "
+                f"keeps the hub out; the embedded models ({toys}) always work offline.")
+    return (f"cannot load {str(name)!r}: it is no local directory, not in the hub cache, and {reason}; "
+            f"HF_HUB_OFFLINE=1 skips the network at once, and the embedded models ({toys}) always work offline.")
+
+
+@contextlib.contextmanager
+def _progress_bars(on: bool):
+    """transformers' and huggingface_hub's progress bars on or off for the duration."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    before_tf, before_hub = hf_logging.is_progress_bar_enabled(), not are_progress_bars_disabled()
+    if on:
+        hf_logging.enable_progress_bar()
+        enable_progress_bars()
+    else:
+        hf_logging.disable_progress_bar()
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if before_tf else hf_logging.disable_progress_bar)()
+        (enable_progress_bars if before_hub else disable_progress_bars)()

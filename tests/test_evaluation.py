@@ -185,16 +185,26 @@ def test_faithfulness_unk_needs_a_token():
 def test_faithfulness_on_tiny_mamba_with_ablation():
     model = tiny_model("mamba", seed=0)
     g = torch.Generator().manual_seed(0)
-    exs = [Example(torch.randint(1, 97, (9,), generator=g), 1, torch.tensor([0])) for _ in range(2)]
-    res = ev.faithfulness(model, exs, ["mambalrp", "mambalrp:-ssm", "random"], replacement="pad", steps=4,
+    # 16 tokens, one removed per step: long enough for the ssm rule to reorder tokens on this tiny model
+    exs = [Example(torch.randint(1, 97, (16,), generator=g), 1, torch.tensor([0])) for _ in range(2)]
+    res = ev.faithfulness(model, exs, ["mambalrp", "mambalrp:-ssm", "random"], replacement="pad", steps=16,
                           progress=False)
     assert [r["method"] for r in res.records].count("mambalrp:-ssm") == 2
     for r in res.records:
-        assert len(r["x"]) == 5 and math.isfinite(r["delta_af"])
+        assert len(r["x"]) == 17 and math.isfinite(r["delta_af"])
         assert r["morf"][0] == pytest.approx(r["f"], rel=1e-4, abs=1e-4)  # patched and plain forward agree
     assert set(res.summary["methods"]) == {"mambalrp", "mambalrp:-ssm", "random"}
+    # the ablation is really run: -ssm gives other relevance, hence another token order and curve
+    for ex in exs:
+        full = mlt.explain(model, ex.input_ids, method="mambalrp").relevance
+        ablated = mlt.explain(model, ex.input_ids, method="mambalrp", rules={"ssm": False}).relevance
+        assert not torch.allclose(full, ablated, rtol=1e-3, atol=1e-6)  # float noise is ~1e-7 here
+    by = {(r["sample"], r["method"]): r for r in res.records}
+    assert any(by[(i, "mambalrp")]["morf"] != by[(i, "mambalrp:-ssm")]["morf"] for i in range(len(exs)))
     fig = res.plot()
     assert len(fig.axes) == 2
+    # one line per method and curve kind (MoRF, LeRF) in each panel
+    assert [len(ax.lines) for ax in fig.axes] == [6, 6]
 
 
 # ------------------------------------------------------------------ alignment, needle, long range, bias
@@ -591,3 +601,44 @@ def test_faithfulness_paired_differences():
     d = res.summary["paired_vs_first"]["reversed"]
     assert d["n"] == 6 and d["delta_af_diff"] == pytest.approx(2 * res.summary["methods"]["perfect"]["delta_af"])
     assert d["wilcoxon_p"] < 0.05
+
+
+# ------------------------------------------------------------------ where mamba-ssm is installed
+
+STANDINS = ROOT / "tests" / "standin_kernels"
+
+
+@pytest.mark.timeout(300)
+def test_evaluation_of_cpu_model_where_mamba_ssm_is_installed(tmp_path):
+    """With (stand-in) mamba_ssm and causal_conv1d importable, transformers' own forward of a CPU model
+    reaches their kernels and fails; every analysis still runs, because the package's forwards are its own."""
+    script = textwrap.dedent("""
+        import torch
+        import mambalrp_tools as mlt
+        from mambalrp_tools import evaluation as ev, tasks
+        torch.set_num_threads(1)
+        model, tok = mlt.load_model("toy/sentiment")
+        ex = tasks.load("sentiment", 2, 0)
+        try:
+            model(input_ids=ex[0].input_ids[None])
+            raise SystemExit("transformers' forward did not reach the stand-in kernels")
+        except RuntimeError as err:
+            assert "stand-in" in str(err), err
+        q = dict(progress=False)
+        for rep in ("unk", "zero", "delete"):
+            ev.faithfulness(model, ex, ["mambalrp", "gi"], replacement=rep, steps=3, tokenizer=tok, **q)
+        ev.conservation(model, ex, ["mambalrp", "gi"], **q)
+        ev.long_range(model, ex, k=3, methods=["mambalrp", "ig:n_steps=4"], **q)
+        ev.randomization_check(model, ex[:1], ["mambalrp", "smoothgrad:nt_samples=2"], **q)
+        copy_model, copy_tok = mlt.load_model("toy/copying")
+        ev.copy_alignment(copy_model, tasks.load("copying", 2, 0, max_length=10), ["mambalrp", "rollout"], **q)
+        bios, bios_tok = mlt.load_model("toy/bios")
+        ev.gender_bias(bios, tasks.load("bios", 2, 0), ["mambalrp"], tokenizer=bios_tok, min_count=1, **q)
+        needle, needle_tok = mlt.load_model("toy/needle")
+        ev.needle_grid(needle, [128], [0.5], ["mambalrp"], n=1, tokenizer=needle_tok, **q)
+        print("all analyses ran")
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(STANDINS)]), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "all analyses ran" in proc.stdout

@@ -9,7 +9,7 @@ import torch
 
 from mambalrp_tools import tasks
 from mambalrp_tools.tasks import bios, needle, sentiment
-from mambalrp_tools.zoo.tokenizers import build_word_tokenizer, toy_tokenizer
+from mambalrp_tools.tasks.tokenizers import build_word_tokenizer, toy_tokenizer
 
 SYNTHETIC = ["copying", "needle", "bios", "sentiment"]
 SMALL = {"copying": {}, "needle": {"max_context_length": 256}, "bios": {}, "sentiment": {}}
@@ -273,3 +273,26 @@ def test_hub_bios_and_med_bios(fixtures):
     assert swapped.meta["gender"] == "male" and swapped.target == nurse.target
     surgeon = next(e for e in med if e.meta["occupation"] == "surgeon")
     assert tasks.swap_gender(surgeon).text == "Ms. Lee performs operations; her team trusts her."
+
+
+# ------------------------------------------------------------------ layering
+
+
+@pytest.mark.timeout(30)
+def test_tasks_import_neither_zoo_nor_evaluation():
+    """zoo uses tasks, never the reverse: no import circle (checked on the source, every import form)."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(tasks.__file__).parent
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")] + [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                assert not any(part in ("zoo", "evaluation") for part in name.replace(".", " ").split()), \
+                    f"{path.name} imports {name}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import os
 from dataclasses import replace
 
@@ -13,7 +14,7 @@ import mambalrp_tools as mlt
 from mambalrp_tools import cli, tasks
 from mambalrp_tools.models import TOY_DIR
 from mambalrp_tools.tasks.text import Encoder
-from mambalrp_tools.zoo import evaluate as E
+from mambalrp_tools.zoo import quality as E
 from mambalrp_tools.zoo import train as T
 
 TINY = dict(hidden_size=16, num_hidden_layers=1, state_size=4, batch_size=8, warmup=3)
@@ -94,7 +95,7 @@ def test_finetune_hub_model_on_local_dataset(tmp_path):
     datasets.Dataset.from_dict(rows).to_parquet(str(tmp_path / "sst.parquet"))
     out = tmp_path / "ft"
     model, _, rec = T.finetune(str(base), "sst2", out, source=str(tmp_path / "sst.parquet"), steps=4, batch_size=3,
-                               lr=1e-2, device="cpu", eval_split="train", eval_n=6)
+                               lr=1e-2, device="cpu", eval_split="train", eval_n=6, log_every=1)
     assert len(rec["losses"]) == 4 and all(l == l for l in rec["losses"])
     assert 0.0 <= rec["accuracy"] <= 1.0
     loaded, tok2 = mlt.load_model(str(out))
@@ -171,5 +172,32 @@ def test_shipped_bios_meets_bar_and_has_a_gender_shortcut():
 @pytest.mark.skipif("sentiment" not in SHIPPED, reason="toy/sentiment not shipped")
 def test_shipped_sentiment_meets_bar():
     model, tok = _load_offline("sentiment")
-    r = E.eval_sentiment(model, tok, n=200, seed=7)["summary"]  # transformers' own forward
+    r = E.eval_sentiment(model, tok, n=200, seed=7)["summary"]  # through the package's own forward
     assert r["accuracy"] >= 0.95, r
+
+
+# ------------------------------------------------------------------ one source of truth for the recipes
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name", sorted(T.SPECS))
+def test_shipped_training_json_is_the_recipe(name):
+    """training.json of each shipped model records exactly the recipe in SPECS, and its command is what
+    `train-toy NAME` runs by default (the recipe's steps, seed, batch, rate and workers)."""
+    from dataclasses import asdict
+
+    spec = T.SPECS[name]
+    record = json.loads((T.MODELS_DIR / name / "training.json").read_text())
+    assert record["spec"] == json.loads(json.dumps(asdict(spec)))
+    assert record["steps"] == spec.steps and record["seed"] == spec.seed
+    assert record["command"] == T.reproduce_command(name, spec.steps, spec.seed, torch.device("cuda"),
+                                                    spec.workers, spec, "hf")
+
+
+@pytest.mark.timeout(30)
+def test_train_all_takes_every_hyperparameter_from_the_recipes():
+    script = (Path(T.__file__).parent / "train_all.sh").read_text()
+    for flag in ("--steps", "--seed", "--batch-size", "--lr", "--workers", "--time-budget"):
+        assert flag not in script, flag
+    loop = next(line for line in script.splitlines() if line.startswith("for name in"))
+    assert loop.split(" in ")[1].rstrip("; do").split() == list(T.SPECS)

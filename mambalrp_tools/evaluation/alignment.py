@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Result, open_run, prepare, run_per_method, stack_ids
-from .common import mean_se, output_logits, relevance, roc_auc
+from .engine import Result, run_analysis
+from .forward import logits_at, relevance, stack_ids
+from .stats import mean_se, roc_auc
 
 
 def alignment_scores(rel: torch.Tensor, evidence, candidates=None) -> dict:
@@ -113,23 +114,17 @@ def copy_alignment(model, examples, methods=("mambalrp", "gradient_x_input", "ra
     matrix: also compute the output x source matrix of one whole copy (the shortest example with
     candidates) per method, for `result.plot_matrices()` (kept in the summary, not in the records).
     """
-    specs = prepare(methods)
-    params = {"position": position}
-    run = open_run("alignment", model, examples, specs, params, out, overwrite, info, model_name)
 
     def compute(batch, spec):
         ids = stack_ids(batch)
         tgt = torch.tensor([int(ex.target) for _, ex in batch])
-        pred = output_logits(model, ids, position=position).argmax(-1)
+        pred = logits_at(model, ids, position).argmax(-1)
         rel, f, _ = relevance(model, spec, ids, tgt, position=position, sample=batch[0][0])
         return [{"sample": sid, "target": int(tgt[i]), "correct": bool(pred[i] == tgt[i]), "f": float(f[i]),
                  "n_tokens": int(ids.shape[1]), **alignment_scores(rel[i], ex.evidence, ex.candidates)}
                 for i, (sid, ex) in enumerate(batch)]
 
-    try:
-        run_per_method(run, list(enumerate(examples)), specs, compute, batch_size=batch_size,
-                       desc="alignment", progress=progress)
-        records = list(run.records)
+    def summarize(records, specs):
         summary = {"methods": {}}
         for spec in specs:
             recs = [r for r in records if r["method"] == spec.label]
@@ -150,7 +145,8 @@ def copy_alignment(model, examples, methods=("mambalrp", "gradient_x_input", "ra
                 summary["matrices"][spec.label] = {
                     "relevance": [[round(float(v), 6) for v in row] for row in g.relevance[0][:, cols]],
                     "source_positions": cols.tolist()}
-        run.write_summary(summary)
-    finally:
-        run.close()
-    return AlignmentResult("alignment", records, summary, run.directory, params)
+        return summary
+
+    return run_analysis("alignment", model, examples, methods, compute, summarize, params={"position": position},
+                        result=AlignmentResult, batch_size=batch_size, out=out, overwrite=overwrite,
+                        progress=progress, model_name=model_name, info=info)

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import Result, open_run, prepare, run_per_method
-from .common import mean_se, output_logits, relevance
+from .engine import Result, run_analysis
+from .forward import logits_at, relevance
+from .stats import mean_se
 
 
 def _swap_fn(swap, tokenizer):
@@ -97,21 +98,19 @@ def gender_bias(model, examples, methods=("mambalrp",), *, top_k: int = 10, min_
     example` (default `tasks.swap_gender`). class_names: label index -> name (default
     `meta["occupation"]`).
     """
-    specs = prepare(methods)
     swap_fn = _swap_fn(swap, tokenizer)
+    examples = list(examples)
     swapped = [swap_fn(ex) for ex in examples]
-    params = {"top_k": top_k, "min_count": min_count}
-    run = open_run("bias", model, examples + swapped, specs, params, out, overwrite, info, model_name)
     by_id = dict(enumerate(swapped))
 
     def compute(batch, spec):
         recs = []
-        for sid, ex in batch:  # the swap may change the length: one sample at a time
+        for sid, ex in batch:
             ids = ex.input_ids.long()[None]
             tgt = torch.tensor([int(ex.target)])
-            p = output_logits(model, ids).softmax(-1)[0]
+            p = logits_at(model, ids).softmax(-1)[0]
             sw = by_id[sid]
-            p_sw = output_logits(model, sw.input_ids.long()[None]).softmax(-1)[0]
+            p_sw = logits_at(model, sw.input_ids.long()[None]).softmax(-1)[0]
             rel, f, _ = relevance(model, spec, ids, tgt, sample=sid)
             r = rel[0]
             ev = ex.evidence.long()
@@ -126,14 +125,14 @@ def gender_bias(model, examples, methods=("mambalrp",), *, top_k: int = 10, min_
             })
         return recs
 
-    try:
-        run_per_method(run, list(enumerate(examples)), specs, compute, batch_size=1, desc="bias", progress=progress)
-        records = list(run.records)
-        summary = _summarize(records, [s.label for s in specs], examples, tokenizer, class_names, top_k, min_count)
-        run.write_summary(summary)
-    finally:
-        run.close()
-    return BiasResult("bias", records, summary, run.directory, params)
+    def summarize(records, specs):
+        return _summarize(records, [s.label for s in specs], examples, tokenizer, class_names, top_k, min_count)
+
+    # the swap may change the length: one sample at a time
+    return run_analysis("bias", model, examples, methods, compute, summarize,
+                        params={"top_k": top_k, "min_count": min_count}, result=BiasResult,
+                        fingerprint=examples + swapped, batch_size=1, out=out, overwrite=overwrite,
+                        progress=progress, model_name=model_name, info=info)
 
 
 def _name(label, occupation, class_names):

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Result, open_run, prepare, run_per_method, stack_ids, targets_for
-from .common import mean_se, relevance
+from .engine import Result, run_analysis
+from .forward import relevance, stack_ids, targets_for
+from .stats import mean_se
 
 
 @dataclass(repr=False)
@@ -42,9 +43,6 @@ def conservation(model, examples, methods=("mambalrp", "gradient_x_input"), *, t
                  progress: bool = True, model_name: str | None = None, info: dict | None = None
                  ) -> ConservationResult:
     """A table of (sum_t R_t, f) per example and method, and a scatter plot (`result.plot()`)."""
-    specs = prepare(methods)
-    params = {"target": target, "position": position}
-    run = open_run("conservation", model, examples, specs, params, out, overwrite, info, model_name)
 
     def compute(batch, spec):
         tgt = targets_for(model, batch, target, position)
@@ -55,25 +53,25 @@ def conservation(model, examples, methods=("mambalrp", "gradient_x_input"), *, t
                  "rel_error": float(abs(s[i] - f[i]) / max(abs(float(f[i])), 1e-12))}
                 for i, (sid, _) in enumerate(batch)]
 
-    try:
-        run_per_method(run, list(enumerate(examples)), specs, compute, batch_size=batch_size,
-                       desc="conservation", progress=progress)
-        records = list(run.records)
-        summary = {"methods": {}}
-        for spec in specs:
-            recs = [r for r in records if r["method"] == spec.label]
-            f = np.array([r["f"] for r in recs])
-            s = np.array([r["sum_r"] for r in recs])
-            rel_err = np.array([r["rel_error"] for r in recs])
-            summary["methods"][spec.label] = {
-                "median_rel_error": float(np.median(rel_err)) if len(recs) else float("nan"),
-                "max_rel_error": float(rel_err.max()) if len(recs) else float("nan"),
-                "mean_rel_error": mean_se(rel_err)[0],
-                "pearson_r": float(np.corrcoef(f, s)[0, 1]) if len(recs) > 2 and f.std() > 0 and s.std() > 0
-                else float("nan"),
-                "n": len(recs),
-            }
-        run.write_summary(summary)
-    finally:
-        run.close()
-    return ConservationResult("conservation", records, summary, run.directory, params)
+    return run_analysis("conservation", model, examples, methods, compute, summarize,
+                        params={"target": target, "position": position}, result=ConservationResult,
+                        batch_size=batch_size, out=out, overwrite=overwrite, progress=progress,
+                        model_name=model_name, info=info)
+
+
+def summarize(records, specs) -> dict:
+    summary = {"methods": {}}
+    for spec in specs:
+        recs = [r for r in records if r["method"] == spec.label]
+        f = np.array([r["f"] for r in recs])
+        s = np.array([r["sum_r"] for r in recs])
+        rel_err = np.array([r["rel_error"] for r in recs])
+        summary["methods"][spec.label] = {
+            "median_rel_error": float(np.median(rel_err)) if len(recs) else float("nan"),
+            "max_rel_error": float(rel_err.max()) if len(recs) else float("nan"),
+            "mean_rel_error": mean_se(rel_err)[0],
+            "pearson_r": float(np.corrcoef(f, s)[0, 1]) if len(recs) > 2 and f.std() > 0 and s.std() > 0
+            else float("nan"),
+            "n": len(recs),
+        }
+    return summary

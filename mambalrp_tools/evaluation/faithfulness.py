@@ -23,8 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import Result, open_run, prepare, run_per_method, targets_for
-from .common import device_of, eval_mode, mean_se, relevance, select
+from ..tasks.padding import left_pad, pad_id
+from .engine import Result, run_analysis
+from .forward import device_of, logits_at, relevance, select, targets_for
+from .runs import sample_key
+from .stats import mean_se
 
 DEFAULT_STEPS = 20
 
@@ -101,15 +104,16 @@ def replacement_id(model, tokenizer, replacement):
         return None
     if isinstance(replacement, int) and not isinstance(replacement, bool):
         return replacement
-    if replacement not in ("unk", "pad"):
+    if replacement == "pad":
+        return pad_id(tokenizer, getattr(model, "config", None))
+    if replacement != "unk":
         raise ValueError(f"replacement must be 'unk', 'pad', 'zero', 'delete' or a token id, got {replacement!r}")
-    attr = f"{replacement}_token_id"
     for source in (tokenizer, getattr(model, "config", None)):
-        tid = getattr(source, attr, None) if source is not None else None
+        tid = getattr(source, "unk_token_id", None) if source is not None else None
         if tid is not None:
             return int(tid)
-    raise ValueError(f"no {replacement} token known (pass tokenizer=, whose {attr} is set, or use "
-                     f"replacement='pad' / 'zero' / 'delete' / a token id)")
+    raise ValueError("no unk token known (pass tokenizer=, whose unk_token_id is set, or use "
+                     "replacement='pad' / 'zero' / 'delete' / a token id)")
 
 
 class Scorer:
@@ -132,27 +136,16 @@ class Scorer:
         tgt = torch.full((n,), self.target)
         con = None if self.contrast is None else torch.full((n,), self.contrast)
         model = self.model
-        with eval_mode(model):
-            if self.replacement == "zero":
-                emb = model.get_input_embeddings()(self.ids.to(device_of(model)))
-                embeds = emb[None].expand(n, -1, -1) * keep[..., None].to(emb.device, emb.dtype)
-                logits = model(inputs_embeds=embeds, use_cache=False).logits
-            elif self.replacement == "delete":
-                lengths = keep.sum(-1).clamp(min=1)
-                width = int(lengths.max())
-                ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-                mask = torch.zeros(n, width, dtype=torch.long)
-                for i in range(n):  # left-padded, like the classifiers are fed
-                    kept = self.ids[keep[i]]
-                    if kept.numel():
-                        ids[i, width - kept.numel():] = kept
-                    mask[i, width - max(kept.numel(), 1):] = 1
-                dev = device_of(model)
-                logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False).logits
-            else:
-                ids = torch.where(keep, self.ids[None], torch.tensor(self.rid))
-                logits = model(input_ids=ids.to(device_of(model)), use_cache=False).logits
-        return select(logits[:, self.position].float().cpu(), tgt, con)
+        if self.replacement == "zero":
+            emb = model.get_input_embeddings()(self.ids.to(device_of(model)))
+            embeds = emb[None].expand(n, -1, -1) * keep[..., None].to(emb.device, emb.dtype)
+            logits = logits_at(model, None, self.position, inputs_embeds=embeds)
+        elif self.replacement == "delete":
+            ids, mask = left_pad([self.ids[keep[i]] for i in range(n)], self.pad_id)
+            logits = logits_at(model, ids, self.position, mask)
+        else:
+            logits = logits_at(model, torch.where(keep, self.ids[None], torch.tensor(self.rid)), self.position)
+        return select(logits, tgt, con)
 
 
 @dataclass(repr=False)
@@ -201,22 +194,16 @@ def paired_differences(records, reference: str, others, key: str = "delta_af") -
     and a two-sided Wilcoxon signed-rank p-value. Paired, so much tighter than comparing two means."""
     from scipy import stats
 
-    ref = {json_key(r["sample"]): r[key] for r in records if r["method"] == reference}
+    ref = {sample_key(r["sample"]): r[key] for r in records if r["method"] == reference}
     out = {}
     for other in others:
-        pairs = [(ref[json_key(r["sample"])], r[key]) for r in records
-                 if r["method"] == other and json_key(r["sample"]) in ref]
+        pairs = [(ref[sample_key(r["sample"])], r[key]) for r in records
+                 if r["method"] == other and sample_key(r["sample"]) in ref]
         diffs = [a - b for a, b in pairs]
         mean, se, n = mean_se(diffs)
         p = float(stats.wilcoxon(diffs).pvalue) if n > 1 and any(d != 0 for d in diffs) else float("nan")
         out[other] = {f"{key}_diff": mean, "se": se, "n": n, "wilcoxon_p": p}
     return out
-
-
-def json_key(sample):
-    import json
-
-    return json.dumps(sample)
 
 
 def faithfulness(model, examples, methods=("mambalrp", "gradient_x_input", "random"), *, replacement="unk",
@@ -227,16 +214,13 @@ def faithfulness(model, examples, methods=("mambalrp", "gradient_x_input", "rand
     """MoRF / LeRF deletion and insertion curves per sample and method; mean +- s.e. of delta_AF.
 
     examples: `tasks.Example`s. methods: names, `"mambalrp:-ssm"`, `("mambalrp", {"ssm": False})`
-    or callables (see `evaluation.common`). target: explain and track the model's prediction ("pred")
+    or callables (see `evaluation.specs`). target: explain and track the model's prediction ("pred")
     or the example's label ("label"). out: a run folder (resumable; see `evaluation.runs`).
     """
-    specs = prepare(methods)
     rid = replacement_id(model, tokenizer, replacement)
-    pad_id = rid if rid is not None else _pad_id(model, tokenizer)
+    pad = rid if rid is not None else pad_id(tokenizer, getattr(model, "config", None))
     params = {"replacement": replacement, "replacement_id": rid, "steps": steps, "target": target,
               "position": position}
-    run = open_run("faithfulness", model, examples, specs, params, out, overwrite, info, model_name)
-    samples = list(enumerate(examples))
 
     def compute(batch, spec):
         ids = torch.stack([ex.input_ids.long() for _, ex in batch])
@@ -244,27 +228,14 @@ def faithfulness(model, examples, methods=("mambalrp", "gradient_x_input", "rand
         rel, f, tgt = relevance(model, spec, ids, tgt, position=position, sample=batch[0][0])
         recs = []
         for i, (sid, ex) in enumerate(batch):
-            scorer = Scorer(model, ex.input_ids, tgt[i], replacement, rid, position, pad_id=pad_id,
+            scorer = Scorer(model, ex.input_ids, tgt[i], replacement, rid, position, pad_id=pad,
                             batch_size=score_batch_size)
             c = perturbation_curves(scorer, rel[i], steps)
             recs.append({"sample": sid, "target": int(tgt[i]), "label": int(ex.target),
                          "f": float(f[i]), "n_tokens": int(ex.input_ids.shape[-1]), **c})
         return recs
 
-    try:
-        run_per_method(run, samples, specs, compute, batch_size=batch_size, desc="faithfulness", progress=progress)
-        records = [r for r in run.records if r["method"] in {s.label for s in specs}]
-        summary = summarize(records, [s.label for s in specs])
-        run.write_summary(summary)
-    finally:
-        run.close()
-    return FaithfulnessResult("faithfulness", records, summary, run.directory, params)
-
-
-def _pad_id(model, tokenizer) -> int:
-    for source in (tokenizer, getattr(model, "config", None)):
-        for attr in ("pad_token_id", "eos_token_id"):
-            tid = getattr(source, attr, None) if source is not None else None
-            if tid is not None:
-                return int(tid)
-    return 0
+    return run_analysis("faithfulness", model, examples, methods, compute,
+                        lambda records, specs: summarize(records, [s.label for s in specs]), params=params,
+                        result=FaithfulnessResult, batch_size=batch_size, out=out, overwrite=overwrite,
+                        progress=progress, model_name=model_name, info=info)

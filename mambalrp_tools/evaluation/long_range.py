@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import Result, open_run, prepare, run_per_method, stack_ids, targets_for
-from .common import relevance
+from .engine import Result, run_analysis
+from .forward import relevance, stack_ids, targets_for
 
 
 def top_k_distances(rel: torch.Tensor, k: int, position: int = -1) -> list[int]:
@@ -49,9 +49,6 @@ def long_range(model, examples, k: int = 10, methods=("mambalrp",), *, target: s
                batch_size: int = 1, out=None, overwrite: bool = False, progress: bool = True,
                model_name: str | None = None, info: dict | None = None) -> LongRangeResult:
     """Distances from the explained position to its k most relevant tokens, per example and method."""
-    specs = prepare(methods)
-    params = {"k": k, "target": target, "position": position}
-    run = open_run("long_range", model, examples, specs, params, out, overwrite, info, model_name)
 
     def compute(batch, spec):
         tgt = targets_for(model, batch, target, position)
@@ -64,23 +61,23 @@ def long_range(model, examples, k: int = 10, methods=("mambalrp",), *, target: s
                          "relative": [v / max(1, position % T) for v in d]})
         return recs
 
-    try:
-        run_per_method(run, list(enumerate(examples)), specs, compute, batch_size=batch_size,
-                       desc="long range", progress=progress)
-        records = list(run.records)
-        summary = {"methods": {}}
-        for spec in specs:
-            d = np.array([v for r in records if r["method"] == spec.label for v in r["distances"]], float)
-            rl = np.array([v for r in records if r["method"] == spec.label for v in r["relative"]], float)
-            summary["methods"][spec.label] = {
-                "mean_distance": float(d.mean()) if d.size else float("nan"),
-                "median_distance": float(np.median(d)) if d.size else float("nan"),
-                "p90_distance": float(np.percentile(d, 90)) if d.size else float("nan"),
-                "max_distance": float(d.max()) if d.size else float("nan"),
-                "mean_relative": float(rl.mean()) if rl.size else float("nan"),
-                "n": sum(r["method"] == spec.label for r in records),
-            }
-        run.write_summary(summary)
-    finally:
-        run.close()
-    return LongRangeResult("long_range", records, summary, run.directory, params)
+    return run_analysis("long_range", model, examples, methods, compute, summarize,
+                        params={"k": k, "target": target, "position": position}, result=LongRangeResult,
+                        batch_size=batch_size, out=out, overwrite=overwrite, progress=progress,
+                        model_name=model_name, info=info)
+
+
+def summarize(records, specs) -> dict:
+    summary = {"methods": {}}
+    for spec in specs:
+        d = np.array([v for r in records if r["method"] == spec.label for v in r["distances"]], float)
+        rl = np.array([v for r in records if r["method"] == spec.label for v in r["relative"]], float)
+        summary["methods"][spec.label] = {
+            "mean_distance": float(d.mean()) if d.size else float("nan"),
+            "median_distance": float(np.median(d)) if d.size else float("nan"),
+            "p90_distance": float(np.percentile(d, 90)) if d.size else float("nan"),
+            "max_distance": float(d.max()) if d.size else float("nan"),
+            "mean_relative": float(rl.mean()) if rl.size else float("nan"),
+            "n": sum(r["method"] == spec.label for r in records),
+        }
+    return summary

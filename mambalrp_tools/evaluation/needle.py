@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import Result, open_run, prepare, run_per_method, stack_ids
-from .common import mean_se, output_logits, relevance
+from .engine import Result, run_analysis
+from .forward import logits_at, relevance, stack_ids
+from .stats import mean_se
 
 
 def needle_share(rel: torch.Tensor, evidence) -> float:
@@ -115,7 +116,6 @@ def needle_grid(model, context_lengths=(128, 256, 512, 1024), depths=(0.0, 0.25,
     Examples come from `tasks.load("needle", n, seed + cell index, context_length=L, depth=d)`, or from
     `make_examples(L, d, n, seed)` when given. `result.plot(method)` draws the two heatmaps.
     """
-    specs = prepare(methods)
     make = make_examples or _default_examples(tokenizer, task_params)
     samples, examples = [], []
     for ci, (L, d) in enumerate((L, d) for L in context_lengths for d in depths):
@@ -124,12 +124,11 @@ def needle_grid(model, context_lengths=(128, 256, 512, 1024), depths=(0.0, 0.25,
             examples.append(ex)
     params = {"context_lengths": [int(L) for L in context_lengths], "depths": [float(d) for d in depths],
               "n": n, "seed": seed, "task_params": task_params}
-    run = open_run("needle", model, examples, specs, params, out, overwrite, info, model_name)
 
     def compute(batch, spec):
         ids = stack_ids(batch)
         tgt = torch.tensor([int(ex.target) for _, ex in batch])
-        pred = output_logits(model, ids).argmax(-1)
+        pred = logits_at(model, ids).argmax(-1)
         rel, f, _ = relevance(model, spec, ids, tgt, sample=batch[0][0])
         recs = []
         for i, (sid, ex) in enumerate(batch):
@@ -145,9 +144,7 @@ def needle_grid(model, context_lengths=(128, 256, 512, 1024), depths=(0.0, 0.25,
                          "top1_on_needle": float(int(torch.argmax(r)) in set(needle.tolist()))})
         return recs
 
-    try:
-        run_per_method(run, samples, specs, compute, batch_size=batch_size, desc="needle", progress=progress)
-        records = list(run.records)
+    def summarize(records, specs):
         summary = {"methods": {}, "cells": {}}
         for spec in specs:
             recs = [r for r in records if r["method"] == spec.label]
@@ -172,7 +169,8 @@ def needle_grid(model, context_lengths=(128, 256, 512, 1024), depths=(0.0, 0.25,
                         "share_all": mean_se(r["share"] for r in cell)[0],
                         "n": len(cell),
                     }
-        run.write_summary(summary)
-    finally:
-        run.close()
-    return NeedleResult("needle", records, summary, run.directory, params)
+        return summary
+
+    return run_analysis("needle", model, examples, methods, compute, summarize, params=params, result=NeedleResult,
+                        samples=samples, batch_size=batch_size, out=out, overwrite=overwrite, progress=progress,
+                        model_name=model_name, info=info)

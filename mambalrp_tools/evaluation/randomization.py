@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from ..architectures import architecture_of
-from .base import Result, open_run, prepare, run_per_sample
-from .common import relevance
+from .engine import Result, run_analysis
+from .forward import logits_at, relevance
 
 
 def stages(model) -> list[tuple[str, list[torch.nn.Module]]]:
@@ -74,20 +74,14 @@ def randomization_check(model, examples, methods=("mambalrp", "gradient_x_input"
                         target: str = "pred", out=None, overwrite: bool = False, progress: bool = True,
                         model_name: str | None = None, info: dict | None = None) -> RandomizationResult:
     """Rank correlation of each method's relevance with the trained model's, per cascading stage."""
-    specs = prepare(methods)
-    stage_list = stages(model)
-    names = ["trained"] + [name for name, _ in stage_list]
-    params = {"seed": seed, "target": target, "stages": names}
-    run = open_run("randomization", model, examples, specs, params, out, overwrite, info, model_name)
+    names = ["trained"] + [name for name, _ in stages(model)]
 
     def compute(sid, ex, todo):
         ids = ex.input_ids.long()[None]
         if target == "label":
             tgt = torch.tensor([int(ex.target)])
         else:
-            from .common import output_logits
-
-            tgt = output_logits(model, ids).argmax(-1)
+            tgt = logits_at(model, ids).argmax(-1)
         base = {s.label: relevance(model, s, ids, tgt, sample=sid)[0][0] for s in todo}
         corr = {s.label: [1.0] for s in todo}
         acorr = {s.label: [1.0] for s in todo}
@@ -105,9 +99,7 @@ def randomization_check(model, examples, methods=("mambalrp", "gradient_x_input"
         return [{"method": s.label, "target": int(tgt[0]), "stages": names, "spearman": corr[s.label],
                  "abs_spearman": acorr[s.label]} for s in todo]
 
-    try:
-        run_per_sample(run, list(enumerate(examples)), specs, compute, desc="randomization", progress=progress)
-        records = list(run.records)
+    def summarize(records, specs):
         summary = {"stages": names, "methods": {}}
         for s in specs:
             recs = [r for r in records if r["method"] == s.label]
@@ -116,7 +108,9 @@ def randomization_check(model, examples, methods=("mambalrp", "gradient_x_input"
                       for j in range(len(names))]
                 for key in ("spearman", "abs_spearman")}
             summary["methods"][s.label]["n"] = len(recs)
-        run.write_summary(summary)
-    finally:
-        run.close()
-    return RandomizationResult("randomization", records, summary, run.directory, params)
+        return summary
+
+    return run_analysis("randomization", model, examples, methods, compute, summarize,
+                        params={"seed": seed, "target": target, "stages": names}, result=RandomizationResult,
+                        per_sample=True, out=out, overwrite=overwrite, progress=progress, model_name=model_name,
+                        info=info)

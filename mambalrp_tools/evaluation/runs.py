@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import hashlib
 import json
 import os
 import platform
@@ -50,8 +51,45 @@ def package_versions() -> dict:
     return versions
 
 
-def _canonical(value):
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
+def canonical_json(value, **kwargs) -> str:
+    """The one JSON text of a value: sorted keys, non-JSON values as their str()."""
+    return json.dumps(value, sort_keys=True, default=str, **kwargs)
+
+
+def canonical(value):
+    """A value as it reads back from its canonical JSON (tuples become lists, keys sorted)."""
+    return json.loads(canonical_json(value))
+
+
+def sample_key(sample) -> str:
+    """The key of a sample id (an int, or a list such as [context_length, depth, i]) in a run."""
+    return json.dumps(sample)
+
+
+def model_fingerprint(model, name: str | None = None) -> dict:
+    """Name, class, size and a cheap content hash (a slice of every tensor) of a model."""
+    h = hashlib.sha256()
+    n = 0
+    for key, tensor in sorted(model.state_dict().items()):
+        n += tensor.numel()
+        h.update(key.encode())
+        h.update(tensor.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+    config = getattr(model, "config", None)
+    return {
+        "name": name or getattr(config, "_name_or_path", None) or type(model).__name__,
+        "class": type(model).__name__,
+        "n_parameters": n,
+        "sha256_sample": h.hexdigest()[:16],
+    }
+
+
+def examples_fingerprint(examples) -> str:
+    """sha256 over every example's token ids, target and evidence: identifies a task draw."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps([ex.input_ids.tolist(), int(ex.target), ex.evidence.tolist(),
+                             None if ex.candidates is None else ex.candidates.tolist()]).encode())
+    return h.hexdigest()[:16]
 
 
 class Run:
@@ -59,7 +97,7 @@ class Run:
 
     def __init__(self, directory, identity: dict, overwrite: bool = False, info: dict | None = None):
         self.directory = None if directory is None else Path(directory)
-        self.identity = _canonical({k: identity.get(k) for k in IDENTITY_KEYS} | {
+        self.identity = canonical({k: identity.get(k) for k in IDENTITY_KEYS} | {
             k: v for k, v in identity.items() if k not in IDENTITY_KEYS})
         self.records: list[dict] = []
         self._done: set[tuple[str, str]] = set()
@@ -100,11 +138,11 @@ class Run:
             self._acquire_lock(d)
         if not manifest_path.is_file():
             manifest = dict(self.identity)
-            manifest.update(_canonical(info))
+            manifest.update(canonical(info))
             manifest["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
             manifest["versions"] = package_versions()
             tmp = manifest_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            tmp.write_text(canonical_json(manifest, indent=2))
             os.replace(tmp, manifest_path)  # atomic: never a half-written manifest
         self._load_records()
         self._fh = open(d / RECORDS, "a", encoding="utf-8")
@@ -116,7 +154,7 @@ class Run:
         for key in self.identity:
             if key in ("created", "versions"):
                 continue
-            if _canonical(existing.get(key)) != self.identity[key]:
+            if canonical(existing.get(key)) != self.identity[key]:
                 diffs.append(f"{key}: folder has {_short(existing.get(key))}, this run has {_short(self.identity[key])}")
         return diffs
 
@@ -124,14 +162,23 @@ class Run:
         import fcntl
 
         d.mkdir(parents=True, exist_ok=True)
-        fh = open(d / LOCK, "a")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
+        while True:
+            fh = open(d / LOCK, "a")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                fh.close()
+                if err.errno in (errno.EAGAIN, errno.EACCES):
+                    raise RunLocked(f"another process is writing the run in {d}") from None
+                raise
+            # the holder before us deletes the lock file on close: a lock on a deleted file is no lock
+            try:
+                same = os.stat(d / LOCK).st_ino == os.fstat(fh.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             fh.close()
-            if err.errno in (errno.EAGAIN, errno.EACCES):
-                raise RunLocked(f"another process is writing the run in {d}") from None
-            raise
         self._lock = fh
 
     def _load_records(self):
@@ -156,7 +203,7 @@ class Run:
     # ------------------------------------------------------------------ use
     @staticmethod
     def key(sample, method) -> tuple[str, str]:
-        return (json.dumps(sample), str(method))
+        return (sample_key(sample), str(method))
 
     def done(self, sample, method) -> bool:
         return self.key(sample, method) in self._done
@@ -171,7 +218,7 @@ class Run:
         key = self.key(record["sample"], record["method"])
         if key in self._done:
             raise ValueError(f"record {key} exists already; records are never rewritten")
-        line = json.dumps(_canonical(record), allow_nan=True)
+        line = canonical_json(record)
         if self._fh is not None:
             self._fh.write(line + "\n")
             self._fh.flush()
@@ -185,7 +232,7 @@ class Run:
             return None
         path = self.directory / SUMMARY
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(_canonical(summary), indent=2))
+        tmp.write_text(canonical_json(summary, indent=2))
         os.replace(tmp, path)
         return path
 
@@ -194,6 +241,10 @@ class Run:
             self._fh.close()
             self._fh = None
         if self._lock is not None:
+            try:
+                (self.directory / LOCK).unlink()  # while still holding it (see _acquire_lock)
+            except FileNotFoundError:
+                pass
             self._lock.close()  # releases the flock
             self._lock = None
 
@@ -211,7 +262,7 @@ class Run:
 
 
 def _short(value, limit: int = 120) -> str:
-    text = json.dumps(value, sort_keys=True, default=str)
+    text = canonical_json(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

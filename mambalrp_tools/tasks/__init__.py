@@ -18,12 +18,16 @@ from types import ModuleType
 from . import bios, copying, needle, sentiment
 from .base import Example
 from .bios import swap_gender
+from .io import load_examples, read_examples, save_examples
+from .padding import left_pad, pad_id
 from .text import Encoder
+from .tokenizers import build_word_tokenizer, toy_tokenizer
 
 TASKS: dict[str, ModuleType] = {"copying": copying, "needle": needle, "bios": bios, "sentiment": sentiment}
 HUB_TASKS = ("sst2", "snli", "emotion", "bias_in_bios", "med_bios")
 
-__all__ = ["Example", "HUB_TASKS", "TASKS", "get_task", "list_tasks", "load", "swap_gender"]
+__all__ = ["Example", "HUB_TASKS", "TASKS", "build_word_tokenizer", "get_task", "left_pad", "list_tasks", "load",
+           "load_examples", "pad_id", "read_examples", "save_examples", "swap_gender", "toy_tokenizer"]
 
 
 def list_tasks() -> list[str]:
@@ -39,8 +43,6 @@ def get_task(name: str) -> ModuleType:
 def resolve_tokenizer(name: str, tokenizer):
     if tokenizer is not None:
         return tokenizer
-    from ..zoo.tokenizers import toy_tokenizer
-
     return toy_tokenizer(name)
 
 

@@ -167,7 +167,7 @@ def swap_gender(example, tokenizer=None):
     `tokenizer`: the one the example was made with (default: the toy bios tokenizer, or the one named
     in meta["tokenizer"]). The label stays; meta["gender"] flips; evidence follows the swapped words.
     """
-    from ..zoo.tokenizers import toy_tokenizer
+    from .tokenizers import toy_tokenizer
 
     meta = dict(example.meta)
     words = meta.get("words") or (example.text or "").split()

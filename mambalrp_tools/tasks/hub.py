@@ -107,7 +107,7 @@ def load(name: str, n: int | None = 100, seed: int = 0, tokenizer=None, *, sourc
     if tokenizer is None:
         if spec.toy is None:
             raise ValueError(f"{name!r} has no embedded model; pass tokenizer= (e.g. the hub model's)")
-        from ..zoo.tokenizers import toy_tokenizer
+        from .tokenizers import toy_tokenizer
 
         tokenizer = toy_tokenizer(spec.toy)
     data = read(source or spec.source, split or spec.split)

@@ -4,6 +4,6 @@
     mambalrp-tools train-toy needle --device cuda    # retrains it (see zoo/train.py)
 """
 
-from .tokenizers import build_word_tokenizer, toy_tokenizer
+from ..tasks.tokenizers import build_word_tokenizer, toy_tokenizer
 
 __all__ = ["build_word_tokenizer", "toy_tokenizer"]
