@@ -1,16 +1,17 @@
-"""Speed and memory of MambaLRP against the model's own forward pass, as ratios measured in one run.
+"""Speed and memory of explanations against the model's own forward pass, as ratios measured in one run.
 
-    python benchmarks/bench_explain.py                       # CPU: T = 256, 1024, 8192
-    python benchmarks/bench_explain.py --device cuda --lengths 2048 32768 1048576
+    python benchmarks/bench_explain.py                                   # CPU, 130m-sized, T = 256 1024 8192
+    python benchmarks/bench_explain.py --device cuda --lengths 32768 1048576
+    python benchmarks/bench_explain.py --device cuda --size 2.8b --dtype bfloat16 --lengths 8192
+    python benchmarks/bench_explain.py --device cuda --batch 16 --lengths 512 --methods mambalrp ig
 
-Model: MambaConfig(vocab 50280, hidden 768, 24 layers, intermediate 1536, state 16), random fp32
-weights (the size of state-spaces/mamba-130m). Every measurement runs in a fresh worker process,
-so each peak memory (process RSS on CPU, `max_memory_allocated` on GPU) is its own. Columns:
+Models: random weights in the shapes of the public checkpoints (`SIZES`; Mamba-1 unless `--arch`).
+Every measurement runs in a fresh worker process, so each peak memory (process RSS on CPU,
+`max_memory_allocated` on GPU) is its own. One row per length and method:
 
-    explain/HF fwd    mlt.explain(method="mambalrp") / transformers' model(ids, logits_to_keep=1) under no_grad
-    explain/own fwd   the same / this package's patched forward under no_grad
-    explain/HF GxI    the same / transformers' Gradient x Input (forward + backward, weight grads included)
-    IG/HF fwd         explain(method="integrated_gradients", n_steps=50) / HF no-grad forward
+    /HF fwd    the method's time / transformers' model(ids, logits_to_keep=1) under no_grad
+    /own fwd   the same / this package's forward (rules off) under no_grad
+    /HF GxI    the same / transformers' Gradient x Input (forward + backward, weight grads included)
 """
 
 from __future__ import annotations
@@ -24,52 +25,75 @@ import subprocess
 import sys
 import time
 
-MODEL = dict(vocab_size=50280, hidden_size=768, num_hidden_layers=24, intermediate_size=1536, state_size=16)
-KINDS = ("hf_forward", "own_forward", "explain", "hf_gxi", "ig")
+#: config fields per (architecture, size); the shapes of state-spaces/mamba-*-hf and mamba2-*
+SIZES = {
+    ("mamba", "130m"): dict(vocab_size=50280, hidden_size=768, num_hidden_layers=24, intermediate_size=1536, state_size=16),
+    ("mamba", "1.4b"): dict(vocab_size=50280, hidden_size=2048, num_hidden_layers=48, intermediate_size=4096, state_size=16),
+    ("mamba", "2.8b"): dict(vocab_size=50280, hidden_size=2560, num_hidden_layers=64, intermediate_size=5120, state_size=16),
+    ("mamba2", "130m"): dict(vocab_size=50288, hidden_size=768, num_hidden_layers=24, state_size=128, head_dim=64,
+                             expand=2, num_heads=24, n_groups=1),
+}
+#: method short names -> (explain method, its keyword arguments)
+METHODS = {
+    "mambalrp": ("mambalrp", {}),
+    "gi": ("gradient_x_input", {}),
+    "ig": ("integrated_gradients", {"n_steps": 50}),
+    "smoothgrad": ("smoothgrad", {}),
+    "rollout": ("attention_rollout", {}),
+    "mamba_attr": ("mamba_attr", {}),
+}
+REFERENCES = ("hf_forward", "own_forward", "hf_gxi")
 
 
-def build(device):
+def build(arch, size, device, dtype):
     import torch
-    from transformers import MambaConfig, MambaForCausalLM
+    import transformers
 
+    cls, config_cls = {"mamba": ("MambaForCausalLM", "MambaConfig"),
+                       "mamba2": ("Mamba2ForCausalLM", "Mamba2Config")}[arch]
     torch.manual_seed(0)
-    return MambaForCausalLM(MambaConfig(**MODEL)).to(device).eval()
+    config = getattr(transformers, config_cls)(**SIZES[(arch, size)])
+    with torch.device(device):  # initialise in place: a 2.8b model takes minutes to initialise on the CPU
+        return getattr(transformers, cls)(config).to(dtype=getattr(torch, dtype)).eval()
 
 
-def worker(kind: str, T: int, device: str, checkpoint: str | None) -> dict:
+def worker(kind: str, args) -> dict:
     """Run one measurement in this process; returns seconds and peak bytes."""
     import torch
 
     import mambalrp_tools as mlt
 
-    model = build(device)
-    ids = torch.randint(0, MODEL["vocab_size"], (1, T), generator=torch.Generator().manual_seed(1)).to(device)
-    ck = {"auto": None, "off": False}.get(checkpoint, checkpoint)
+    model = build(args.arch, args.size, args.device, args.dtype)
+    T, device = args.lengths[0], args.device
+    vocab = SIZES[(args.arch, args.size)]["vocab_size"]
+    ids = torch.randint(0, vocab, (args.batch, T), generator=torch.Generator().manual_seed(1)).to(device)
+    ck = {"auto": None, "off": False}.get(args.checkpoint, args.checkpoint)
+    extra = {} if args.precision is None else {"precision": args.precision}
 
     def run():
         if kind == "hf_forward":
             with torch.no_grad():
                 model(ids, logits_to_keep=1)
         elif kind == "own_forward":
-            with torch.no_grad(), mlt.lrp_mode(model, seq_len=T):
+            with torch.no_grad(), mlt.lrp_mode(model, mlt.Rules.none(), seq_len=T):
                 model(ids, logits_to_keep=1)
-        elif kind == "explain":
-            mlt.explain(model, ids, target=0, checkpoint=ck)
         elif kind == "hf_gxi":
             emb = model.get_input_embeddings()(ids).detach().requires_grad_()
-            model(inputs_embeds=emb, logits_to_keep=1).logits[0, -1, 0].backward()
+            model(inputs_embeds=emb, logits_to_keep=1).logits[:, -1, 0].sum().backward()
             (emb * emb.grad).sum(-1)
             model.zero_grad(set_to_none=True)
-        elif kind == "ig":
-            mlt.explain(model, ids, target=0, method="integrated_gradients", n_steps=50, checkpoint=ck)
+        else:
+            method, kwargs = METHODS[kind]
+            mlt.explain(model, ids, target=0, method=method, checkpoint=ck, **kwargs, **extra)
 
     gpu = device.startswith("cuda")
     repeats = 1
-    if gpu:  # warm up kernels and the allocator on a short input, then time the median of 3
-        run() if T <= 8192 else None
+    if gpu:  # warm up kernels and the allocator, then time the median of 3
+        if T * args.batch <= 65536:
+            run()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        repeats = 3 if T <= 65536 else 1
+        repeats = 3 if T * args.batch <= 65536 else 1
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -81,13 +105,14 @@ def worker(kind: str, T: int, device: str, checkpoint: str | None) -> dict:
     return {"seconds": sorted(times)[len(times) // 2], "peak_bytes": peak}
 
 
-def measure(kind, T, device, checkpoint, timeout):
-    cmd = [sys.executable, __file__, "--worker", kind, "--lengths", str(T), "--device", device,
-           "--checkpoint", checkpoint]
+def measure(kind, T, args):
+    cmd = [sys.executable, __file__, "--worker", kind, "--lengths", str(T), "--device", args.device,
+           "--checkpoint", args.checkpoint, "--arch", args.arch, "--size", args.size, "--dtype", args.dtype,
+           "--batch", str(args.batch)] + ([] if args.precision is None else ["--precision", args.precision])
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {timeout}s"}
+        return {"error": f"timeout after {args.timeout}s"}
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode != 0 or not lines:
         err = (out.stderr.strip().splitlines() or ["?"])[-1]
@@ -116,25 +141,35 @@ def versions() -> dict:
     return out
 
 
-def main():
+def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--arch", default="mamba", choices=sorted({a for a, _ in SIZES}))
+    p.add_argument("--size", default="130m", choices=sorted({s for _, s in SIZES}))
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--precision", help="explain's precision= (default: the package's default)")
+    p.add_argument("--batch", type=int, default=1)
     p.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 8192])
+    p.add_argument("--methods", nargs="+", default=["mambalrp"], choices=sorted(METHODS))
+    p.add_argument("--method-max", type=int, default=1 << 30,
+                   help="longest T for methods other than mambalrp (IG and SmoothGrad run many passes)")
     p.add_argument("--hf-grad-max", type=int,
                    help="longest T for transformers' GxI; default 256 on CPU (the backward of its per-step "
                         "loop grows quadratically there), 65536 on a GPU")
     p.add_argument("--hf-forward-max", type=int, default=1 << 30)
-    p.add_argument("--ig-lengths", type=int, nargs="*", default=[1024])
     p.add_argument("--checkpoint", default="auto", help="auto | off | device | cpu (explain's layer recomputation)")
     p.add_argument("--timeout", type=int, default=1800)
     p.add_argument("--json", help="also write the rows to this file")
-    p.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    p.add_argument("--worker", choices=REFERENCES + tuple(METHODS), help=argparse.SUPPRESS)
+    return p
 
+
+def main():
+    args = parser().parse_args()
     if args.hf_grad_max is None:
         args.hf_grad_max = 65536 if args.device.startswith("cuda") else 256
     if args.worker:
-        print(json.dumps(worker(args.worker, args.lengths[0], args.device, args.checkpoint)))
+        print(json.dumps(worker(args.worker, args)))
         return
 
     import torch
@@ -144,46 +179,48 @@ def main():
     backend = resolve("auto", torch.device(args.device)).name
     installed = versions()
     print(f"# {machine(args.device)}; " + ", ".join(f"{k} {v}" for k, v in installed.items() if v)
-          + f"; backend {backend}")
-    rows = []
-    header = ("T", "explain s", "explain/HF fwd", "explain/own fwd", "explain/HF GxI", "IG/HF fwd",
-              "peak explain", "peak HF fwd", "tokens/s")
+          + f"; backend {backend}; {args.arch} {args.size} {args.dtype}, batch {args.batch}"
+          + ("" if args.precision is None else f", precision {args.precision}"))
+    header = ("B x T", "method", "s", "/HF fwd", "/own fwd", "/HF GxI", "peak", "peak HF fwd", "tokens/s")
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header), flush=True)
+    rows = []
     for T in args.lengths:
-        r = {"T": T}
-        for kind in KINDS:
-            skip = (kind == "hf_gxi" and T > args.hf_grad_max) or (kind == "ig" and T not in args.ig_lengths) or (
-                kind == "hf_forward" and T > args.hf_forward_max)
-            r[kind] = None if skip else measure(kind, T, args.device, args.checkpoint, args.timeout)
-        rows.append(r)
-
-        def sec(k):
-            return (r.get(k) or {}).get("seconds")
-
-        def ratio(a, b):
-            return f"{sec(a) / sec(b):.2f}x" if sec(a) and sec(b) else "-"
-
-        def gib(k):
-            b = (r.get(k) or {}).get("peak_bytes")
-            return f"{b / 2**30:.2f} GiB" if b else "-"
-
-        e = sec("explain")
-        cells = [T, f"{e:.2f}" if e else (r["explain"] or {}).get("error", "-"), ratio("explain", "hf_forward"),
-                 ratio("explain", "own_forward"), ratio("explain", "hf_gxi"), ratio("ig", "hf_forward"),
-                 gib("explain"), gib("hf_forward"), f"{T / e:,.0f}" if e else "-"]
-        print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
-    timed = [(r["T"], r["explain"]["seconds"]) for r in rows if "seconds" in (r["explain"] or {})]
+        ref = {k: None if (k == "hf_gxi" and T > args.hf_grad_max) or (k == "hf_forward" and T > args.hf_forward_max)
+               else measure(k, T, args) for k in REFERENCES}
+        for name in args.methods:
+            if name != "mambalrp" and T > args.method_max:
+                continue
+            r = {"T": T, "batch": args.batch, "method": name, "result": measure(name, T, args), **ref}
+            rows.append(r)
+            print("| " + " | ".join(str(c) for c in _cells(r)) + " |", flush=True)
+    timed = [(r["T"], r["result"]["seconds"]) for r in rows if r["method"] == "mambalrp" and "seconds" in r["result"]]
     for (t0, s0), (t1, s1) in zip(timed, timed[1:]):
-        print(f"# explain time grows {s1 / s0:.2f}x from T={t0} to T={t1} ({t1 / t0:g}x the tokens)")
+        print(f"# mambalrp time grows {s1 / s0:.2f}x from T={t0} to T={t1} ({t1 / t0:g}x the tokens)")
     for r in rows:
-        if "seconds" in (r.get("ig") or {}):
-            print(f"# IG (50 steps) at T={r['T']}: {r['ig']['seconds']:.0f} s, peak {r['ig']['peak_bytes'] / 2**30:.2f} GiB")
-    errors = {f"{r['T']}/{k}": r[k]["error"] for r in rows for k in KINDS if r.get(k) and "error" in r[k]}
-    for where, err in errors.items():
-        print(f"# {where}: {err}")
+        for k in ("result",) + REFERENCES:
+            if r.get(k) and "error" in r[k]:
+                print(f"# T={r['T']} {r['method'] if k == 'result' else k}: {r[k]['error']}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine(args.device), **installed, "backend": backend, "rows": rows}, f, indent=1)
+            json.dump({"machine": machine(args.device), **installed, "backend": backend, "arch": args.arch,
+                       "size": args.size, "dtype": args.dtype, "precision": args.precision, "rows": rows}, f, indent=1)
+
+
+def _cells(r):
+    def sec(k):
+        return (r.get(k) or {}).get("seconds")
+
+    def ratio(b):
+        return f"{sec('result') / sec(b):.2f}x" if sec("result") and sec(b) else "-"
+
+    def gib(k):
+        b = (r.get(k) or {}).get("peak_bytes")
+        return f"{b / 2**30:.2f} GiB" if b else "-"
+
+    s = sec("result")
+    return [f"{r['batch']} x {r['T']:,}", r["method"], f"{s:.3g}" if s else r["result"].get("error", "-"),
+            ratio("hf_forward"), ratio("own_forward"), ratio("hf_gxi"), gib("result"), gib("hf_forward"),
+            f"{r['batch'] * r['T'] / s:,.0f}" if s else "-"]
 
 
 if __name__ == "__main__":
