@@ -9,6 +9,7 @@ import torch
 from .architectures import architecture_of, eval_mode, input_gradients_only
 from .explanation import Explanation
 from .methods import METHODS, Query, resolve_method
+from .numerics import resolve_precision
 
 
 def explain(
@@ -24,6 +25,7 @@ def explain(
     backend: str = "auto",
     chunk_size: int | None = None,
     checkpoint: bool | str | None = None,
+    precision: str | None = None,
     **method_kwargs,
 ) -> Explanation:
     """Relevance of every input token for the logit `target` at `position`.
@@ -36,6 +38,9 @@ def explain(
     checkpoint: recompute each layer in backward to save memory: True/"device", "cpu" (layer inputs
         kept in host memory, for ~10^6 tokens on a GPU) or False; default: only when the activations
         would not fit (see `architectures.lrp_mode`).
+    precision: "float32" (default: every matmul upcast, relevance conserves f exactly) or "model"
+        (matmuls in the model's bf16/fp16, the residual stream, scan and readout in float32; faster on
+        half-precision models, conservation within about 1e-2; see README "Precision").
     The model is run in eval mode and left exactly as it was.
     """
     architecture_of(model)  # TypeError for unsupported models, before any work
@@ -61,6 +66,7 @@ def explain(
         query = Query(
             model, ids.to(device), None if mask is None else mask.to(device), None if tgt is None else tgt.to(device),
             None if con is None else con.to(device), position, backend, chunk_size, checkpoint,
+            resolve_precision(precision),
         )
         with eval_mode(model), input_gradients_only(model):
             relevance = METHODS[name](query, **method_kwargs)

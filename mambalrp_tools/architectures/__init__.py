@@ -17,6 +17,7 @@ from transformers.models.falcon_mamba.modeling_falcon_mamba import FalconMambaMo
 from transformers.models.mamba.modeling_mamba import MambaModel
 
 from .. import backends
+from ..numerics import resolve_precision
 from ..recompute import HostSlabs
 from ..rules import Rules
 from .base import Architecture, LayerSSM, PatchContext, Sizes
@@ -65,6 +66,7 @@ def lrp_mode(
     chunk_size: int = backends.DEFAULT_CHUNK,
     checkpoint: bool | str | None = None,
     seq_len: int | None = None,
+    precision: str | None = None,
 ) -> Iterator:
     """Patch `model` so that Gradient x Input on its input embeddings is MambaLRP.
 
@@ -74,6 +76,7 @@ def lrp_mode(
     them on the model's device, "cpu" in host memory (for ~10^6 tokens on a GPU), False never;
     None (default): on only when the stored activations would not fit (over CPU_ACTIVATION_BUDGET on
     CPU, half the free memory on a GPU), and "cpu" when even the layer inputs would crowd the GPU.
+    `precision`: "float32" (default; exact) or "model" (matmuls in the model's dtype, see `numerics`).
 
         with lrp_mode(model):
             emb = model.get_input_embeddings()(ids).detach().requires_grad_()
@@ -84,7 +87,8 @@ def lrp_mode(
     rules = Rules.of(rules)
     device = next(model.parameters()).device
     chosen = backends.resolve(backend, device, chunk_size)
-    ctx = PatchContext(rules, chosen, _checkpoint_mode(checkpoint, seq_len, arch.sizes(model), device), HostSlabs())
+    ctx = PatchContext(rules, chosen, _checkpoint_mode(checkpoint, seq_len, arch.sizes(model), device), HostSlabs(),
+                       resolve_precision(precision))
     installed = []
     try:
         for module in model.base_model.modules():
