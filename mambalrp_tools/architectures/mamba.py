@@ -28,10 +28,6 @@ from .base import Architecture, LayerSSM, PatchContext, Sizes
 #: floats per token, layer and inner channel that autograd keeps through one Mamba layer, rounded up
 #: from a measurement (benchmarks/results/constants.md)
 ACTIVATION_FLOATS = 10
-#: tokens per piece when a recomputed layer runs in pieces over time (PyTorch backend), so that its
-#: intermediates stay a few MB at any length (see `recompute`); the fastest piece size measured
-#: (benchmarks/results/constants.md)
-RECOMPUTE_TILE = 512
 
 
 def norm_forward(norm, ctx: PatchContext):
@@ -159,7 +155,7 @@ def block_forward(block, ctx: PatchContext):
 
         hidden_states = upcast(hidden_states)
         if checkpoint and torch.is_grad_enabled() and hidden_states.requires_grad:
-            tile = RECOMPUTE_TILE if backend.carries_state else None
+            tile = backend.recompute_tile if backend.carries_state(ctx.rules.ssm) else None
             keep_free = None
             if checkpoint == "cpu":  # room to recompute one layer (or tile), with a 1.5x margin
                 tokens = hidden_states.shape[1] if tile is None else min(tile, hidden_states.shape[1])
