@@ -87,7 +87,8 @@ def lrp_mode(
     rules = Rules.of(rules)
     device = next(model.parameters()).device
     chosen = backends.resolve(backend, device, chunk_size)
-    ctx = PatchContext(rules, chosen, _checkpoint_mode(checkpoint, seq_len, arch.sizes(model), device), HostSlabs(),
+    pieces = chosen.carries_state(rules.ssm)
+    ctx = PatchContext(rules, chosen, _checkpoint_mode(checkpoint, seq_len, arch.sizes(model), device, pieces), HostSlabs(),
                        resolve_precision(precision))
     installed = []
     try:
@@ -141,23 +142,25 @@ def input_gradients_only(model):
             p.requires_grad_(flag)
 
 
-def _checkpoint_mode(checkpoint, seq_len, sizes: Sizes, device) -> str | None:
+def _checkpoint_mode(checkpoint, seq_len, sizes: Sizes, device, pieces: bool = False) -> str | None:
     if checkpoint is None:
-        checkpoint = _auto_checkpoint(seq_len, sizes, device)
+        checkpoint = _auto_checkpoint(seq_len, sizes, device, pieces)
     mode = {False: None, True: "device", "device": "device", "cpu": "cpu"}.get(checkpoint, "invalid")
     if mode == "invalid":
         raise ValueError(f"checkpoint must be None, True, False, 'device' or 'cpu', got {checkpoint!r}")
     return mode
 
 
-def _auto_checkpoint(seq_len, sizes: Sizes, device):
+def _auto_checkpoint(seq_len, sizes: Sizes, device, pieces: bool = False):
     """Recompute layers only when storing every layer's activations would not fit comfortably.
 
     Autograd keeps about `activation_floats` x `inner` floats per token and layer; recomputation
     keeps one `hidden` vector per token and layer (`kept`: what decides "cpu" on a GPU, where the
     mamba-ssm kernels keep nothing else). The PyTorch scan under the ssm rule also keeps its output
     (`inner` floats) so that the recomputation skips the scan; on CPU that is still well below the
-    budget. Estimates are for batch 1.
+    budget. With `pieces` (the backend carries a layer's state, so a recomputed layer runs in pieces)
+    a GPU needs little beyond the kept inputs; otherwise recomputing a whole layer needs room for its
+    activations too. Estimates are for batch 1.
     """
     if seq_len is None:
         return False
@@ -168,4 +171,4 @@ def _auto_checkpoint(seq_len, sizes: Sizes, device):
     free = torch.cuda.mem_get_info(device)[0]
     if stored < free / 2:
         return False
-    return "device" if 4 * kept < free else "cpu"
+    return "device" if (1.25 if pieces else 4) * kept < free else "cpu"
