@@ -40,7 +40,7 @@ class Backend:
         """Whether `conv1d` and `scan` can continue from a state, so a sequence can run in pieces.
         mamba-ssm's selective_scan_fn cannot start from a given state; under the ssm rule the scan is
         linear in u and the state, so the CUDA backend adds the state's share itself
-        (`_StatefulLinearKernelScan`); for true gradients it cannot."""
+        (`_LinearKernelScan`); for true gradients it cannot."""
         return self.name != "cuda" or ssm_rule
 
     @property
@@ -66,15 +66,12 @@ class Backend:
         if self.name != "cuda":
             return selective_scan(u, delta, A, B, C, D, chunk_size=self.chunk_size, memo=memo,
                                   initial_state=initial_state, return_last_state=True)
-        linear = not any(t.requires_grad for t in (delta, A, B, C, D))
-        if initial_state is not None:
-            if not linear:
+        if any(t.requires_grad for t in (delta, A, B, C, D)):
+            if initial_state is not None:
                 raise ValueError("the cuda backend continues from a state only under the ssm rule; "
                                  "use backend='torch' for true gradients in pieces")
-            return _StatefulLinearKernelScan.apply(u, initial_state, delta, A, B, C, D, _kernel_scan)
-        if not linear:
             return _kernel_scan(u, delta, A, B, C, D), None
-        return _LinearKernelScan.apply(u, delta, A, B, C, D), None
+        return _LinearKernelScan.apply(u, initial_state, delta, A, B, C, D, _kernel_scan)
 
 
 def _kernel_scan(u, delta, A, B, C, D=None, return_last_state=False):
@@ -83,34 +80,15 @@ def _kernel_scan(u, delta, A, B, C, D=None, return_last_state=False):
 
 
 class _LinearKernelScan(torch.autograd.Function):
-    """The kernel scan when only u needs a gradient (the ssm rule): the backward is the adjoint
-    recurrence run by the forward kernel (`scan.adjoint_by_forward_scan`). The kernel's own backward
-    also computes the unused gradients of delta, A, B, C and D, which costs more than twice the
-    forward kernel (benchmarks/results/constants.md)."""
+    """The kernel scan when only u (and a start state) need gradients (the ssm rule).
 
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D):
-        ctx.save_for_backward(u, delta, A, B, C, D)
-        return _kernel_scan(u, delta, A, B, C, D)
-
-    @staticmethod
-    def backward(ctx, dy):
-        u, delta, A, B, C, D = ctx.saved_tensors
-        du = adjoint_by_forward_scan(_kernel_scan, dy.contiguous(), delta, A, B, C, D)
-        if du is None:  # a delta too small to divide by: the kernel's own backward
-            with torch.enable_grad():
-                u = u.detach().requires_grad_()
-                (du,) = torch.autograd.grad(_kernel_scan(u, delta, A, B, C, D), u, dy)
-        return du, None, None, None, None, None
-
-
-class _StatefulLinearKernelScan(torch.autograd.Function):
-    """The kernel scan under the ssm rule (delta, A, B, C, D constant) started from a state s0 [b, d, n].
-
-    The kernel always starts from zero; the scan is linear in (u, s0), so s0's share is added:
-    y_t += sum_n C_t[n] exp(A cum_t) s0 and last += exp(A cum_T) s0, with cum_t = delta_1 + ... + delta_t.
-    The backward adds the matching terms to the adjoint: ds0 from dy and d(last), and d(last)'s share
-    of du_t = delta_t sum_n B_t[n] exp(A (cum_T - cum_t)) d(last). `scan(u, delta, A, B, C, D,
+    The backward is the adjoint recurrence run by the forward kernel (`scan.adjoint_by_forward_scan`);
+    the kernel's own backward also computes the unused gradients of delta, A, B, C and D
+    (benchmarks/results/constants.md). mamba-ssm's kernel always starts from zero; the scan is linear
+    in (u, s0), so a start state s0 [b, d, n] adds its share: y_t += sum_n C_t[n] exp(A cum_t) s0 and
+    last += exp(A cum_T) s0, with cum_t = delta_1 + ... + delta_t. The backward adds the matching terms:
+    ds0 from dy and d(last), and d(last)'s share of du_t = delta_t sum_n B_t[n] exp(A (cum_T - cum_t)) d(last).
+    Returns (y, last state), so a sequence can run in pieces. `scan(u, delta, A, B, C, D,
     return_last_state)` is the forward kernel (a parameter so the algebra is tested on CPU).
     """
 
@@ -118,22 +96,28 @@ class _StatefulLinearKernelScan(torch.autograd.Function):
     def forward(ctx, u, s0, delta, A, B, C, D, scan):
         y, last = scan(u, delta, A, B, C, D, return_last_state=True)
         ctx.save_for_backward(s0, delta, A, B, C, D)
-        ctx.scan = scan
-        share, decay_end = _state_shares(delta, A, C, s0, "y")
-        return y + share, last + decay_end * s0
+        ctx.scan, ctx.has_state = scan, s0 is not None
+        if s0 is not None:
+            share, decay_end = _state_shares(delta, A, C, s0, "y")
+            y, last = y + share, last + decay_end * s0
+        return y, last
 
     @staticmethod
     def backward(ctx, dy, dlast):
         s0, delta, A, B, C, D = ctx.saved_tensors
-        du = adjoint_by_forward_scan(lambda *a: ctx.scan(*a), dy.contiguous(), delta, A, B, C, D)
+        dy = torch.zeros_like(delta) if dy is None else dy.contiguous()
+        du = adjoint_by_forward_scan(lambda *a: ctx.scan(*a), dy, delta, A, B, C, D)
         if du is None:  # a delta too small to divide by: the kernel's own backward
             with torch.enable_grad():
                 u = torch.zeros_like(dy).requires_grad_()
                 (du,) = torch.autograd.grad(ctx.scan(u, delta, A, B, C, D), u, dy)
-        ds0, decay_end = _state_shares(delta, A, C, dy, "s0")
+        ds0 = None
+        if ctx.has_state:
+            ds0, decay_end = _state_shares(delta, A, C, dy, "s0")
         if dlast is not None:
             du = du + delta * _state_shares(delta, A, B, dlast, "u_from_last")[0]
-            ds0 = ds0 + decay_end * dlast
+            if ctx.has_state:
+                ds0 = ds0 + decay_end * dlast
         return du, ds0, None, None, None, None, None, None
 
 

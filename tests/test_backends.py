@@ -175,7 +175,7 @@ def test_recomputing_layers_in_pieces_changes_nothing(arch, monkeypatch, tile, m
 @pytest.mark.parametrize("device,backend", BACKENDS)
 def test_recomputation_matches_reference_on_every_backend(arch, monkeypatch, device, backend):
     """checkpoint="device" on each backend, in pieces of 16 tokens (on mamba-ssm's kernels too, which
-    carry the state through `_StatefulLinearKernelScan`): the relevance is the reference's."""
+    carry the state through `_LinearKernelScan`): the relevance is the reference's."""
     from mambalrp_tools import backends
 
     ids = _inputs(T=70)
@@ -239,7 +239,7 @@ def _torch_kernel(u, delta, A, B, C, D=None, return_last_state=False):
 
 @pytest.mark.parametrize("T", [1, 7, 40])
 def test_stateful_kernel_scan_equals_a_scan_from_that_state(T, monkeypatch):
-    """The CUDA backend's start-from-a-state algebra (`_StatefulLinearKernelScan`), run here on a zero-state
+    """The CUDA backend's start-from-a-state algebra (`_LinearKernelScan`), run here on a zero-state
     PyTorch 'kernel' in float64: values, last state, du and ds0 (from dy and from d(last)) equal a scan
     that starts from the state. Blocks of 3 steps exercise the blocked decay sums."""
     from mambalrp_tools import backends
@@ -260,13 +260,30 @@ def test_stateful_kernel_scan_equals_a_scan_from_that_state(T, monkeypatch):
     def grads(fn):
         uu, ss = u.clone().requires_grad_(), s0.clone().requires_grad_()
         y, last = fn(uu, ss)
-        du, ds = torch.autograd.grad((y * dy).sum() + (last * dlast).sum(), (uu, ss))
+        du, ds = torch.autograd.grad((y * dy).sum() + (last * dlast).sum(), (uu, ss), allow_unused=True)
         return y.detach(), last.detach(), du, ds
 
-    ours = grads(lambda uu, ss: backends._StatefulLinearKernelScan.apply(uu, ss, delta, A, B, C, D, _torch_kernel))
+    ours = grads(lambda uu, ss: backends._LinearKernelScan.apply(uu, ss, delta, A, B, C, D, _torch_kernel))
     ref = grads(lambda uu, ss: selective_scan(uu, delta, A, B, C, D, initial_state=ss, return_last_state=True))
     for a, r, what in zip(ours, ref, ("y", "last state", "du", "ds0")):
         torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10, msg=what)
+
+    # a sequence in two pieces, the first from no state (as a recomputed layer's first piece): the
+    # first piece must hand its last state on, and take the gradient of it back
+    if T > 1:
+        cut = T // 2
+
+        def pieces(uu, ss):
+            y1, s1 = backends._LinearKernelScan.apply(uu[..., :cut], None, *(t[..., :cut] for t in (delta,)), A,
+                                                     B[..., :cut], C[..., :cut], D, _torch_kernel)
+            y2, s2 = backends._LinearKernelScan.apply(uu[..., cut:], s1, delta[..., cut:], A, B[..., cut:],
+                                                     C[..., cut:], D, _torch_kernel)
+            return torch.cat([y1, y2], -1), s2
+
+        whole = grads(lambda uu, ss: selective_scan(uu, delta, A, B, C, D, return_last_state=True))
+        split = grads(pieces)
+        for a, r, what in zip(split[:3], whole[:3], ("y", "last state", "du")):
+            torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10, msg=f"pieces: {what}")
 
 
 def test_explain_freezes_weights_only_while_it_runs():
