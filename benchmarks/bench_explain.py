@@ -75,7 +75,7 @@ def worker(kind: str, args) -> dict:
             with torch.no_grad():
                 model(ids, logits_to_keep=1)
         elif kind == "own_forward":
-            with torch.no_grad(), mlt.lrp_mode(model, mlt.Rules.none(), seq_len=T):
+            with torch.no_grad(), mlt.lrp_mode(model, mlt.Rules.none(), seq_len=T, **extra):
                 model(ids, logits_to_keep=1)
         elif kind == "hf_gxi":
             emb = model.get_input_embeddings()(ids).detach().requires_grad_()

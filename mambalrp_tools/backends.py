@@ -15,6 +15,9 @@ import torch.nn.functional as F
 from .scan import DEFAULT_CHUNK, adjoint_by_forward_scan, selective_scan
 
 BACKENDS = ("auto", "torch", "cuda")
+#: tokens per piece of a recomputed layer (`Backend.recompute_tile`; benchmarks/results/constants.md)
+RECOMPUTE_TILE = 512
+RECOMPUTE_TILE_CUDA = 16384
 
 
 @functools.lru_cache(maxsize=None)
@@ -33,17 +36,24 @@ class Backend:
     name: str = "torch"
     chunk_size: int = DEFAULT_CHUNK
 
+    def carries_state(self, ssm_rule: bool) -> bool:
+        """Whether `conv1d` and `scan` can continue from a state, so a sequence can run in pieces.
+        mamba-ssm's selective_scan_fn cannot start from a given state; under the ssm rule the scan is
+        linear in u and the state, so the CUDA backend adds the state's share itself
+        (`_LinearKernelScan`); for true gradients it cannot."""
+        return self.name != "cuda" or ssm_rule
+
     @property
-    def carries_state(self) -> bool:
-        """Whether `conv1d` and `scan` can continue from a state, so a sequence can run in pieces
-        (mamba-ssm's selective_scan_fn cannot start from a given state)."""
-        return self.name != "cuda"
+    def recompute_tile(self) -> int:
+        """Tokens per piece when a recomputed layer runs in pieces (see `recompute`): small enough that
+        one piece's intermediates stay a few MB on a CPU, large enough on a GPU that kernel launches do
+        not dominate (benchmarks/results/constants.md)."""
+        return RECOMPUTE_TILE_CUDA if self.name == "cuda" else RECOMPUTE_TILE
 
     def conv1d(self, x, weight, bias, history=None):
         """Depthwise causal convolution without activation. x [b, d, T], weight [d, 1, k];
-        history: the k - 1 inputs before x [b, d, k - 1] (zeros if None; PyTorch backend only)."""
-        if self.name == "cuda":
-            self._no_state(history)
+        history: the k - 1 inputs before x [b, d, k - 1] (zeros if None)."""
+        if self.name == "cuda" and history is None:
             return cuda_kernels()[1](x, weight.squeeze(1), bias, activation=None)
         if history is None:
             return F.conv1d(x, weight, bias, padding=weight.shape[-1] - 1, groups=x.shape[1])[..., : x.shape[-1]]
@@ -56,40 +66,90 @@ class Backend:
         if self.name != "cuda":
             return selective_scan(u, delta, A, B, C, D, chunk_size=self.chunk_size, memo=memo,
                                   initial_state=initial_state, return_last_state=True)
-        self._no_state(initial_state)
         if any(t.requires_grad for t in (delta, A, B, C, D)):
+            if initial_state is not None:
+                raise ValueError("the cuda backend continues from a state only under the ssm rule; "
+                                 "use backend='torch' for true gradients in pieces")
             return _kernel_scan(u, delta, A, B, C, D), None
-        return _LinearKernelScan.apply(u, delta, A, B, C, D), None
-
-    def _no_state(self, state):
-        if state is not None:
-            raise ValueError(f"the {self.name} backend cannot continue from a state; use backend='torch'")
+        return _LinearKernelScan.apply(u, initial_state, delta, A, B, C, D, _kernel_scan)
 
 
-def _kernel_scan(u, delta, A, B, C, D=None):
-    return cuda_kernels()[0](u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplus=False)
+def _kernel_scan(u, delta, A, B, C, D=None, return_last_state=False):
+    return cuda_kernels()[0](u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplus=False,
+                             return_last_state=return_last_state)
 
 
 class _LinearKernelScan(torch.autograd.Function):
-    """The kernel scan when only u needs a gradient (the ssm rule): the backward is the adjoint
-    recurrence run by the forward kernel (`scan.adjoint_by_forward_scan`). The kernel's own backward
-    also computes the unused gradients of delta, A, B, C and D, which costs more than twice the
-    forward kernel (benchmarks/results/constants.md)."""
+    """The kernel scan when only u (and a start state) need gradients (the ssm rule).
+
+    The backward is the adjoint recurrence run by the forward kernel (`scan.adjoint_by_forward_scan`);
+    the kernel's own backward also computes the unused gradients of delta, A, B, C and D
+    (benchmarks/results/constants.md). mamba-ssm's kernel always starts from zero; the scan is linear
+    in (u, s0), so a start state s0 [b, d, n] adds its share: y_t += sum_n C_t[n] exp(A cum_t) s0 and
+    last += exp(A cum_T) s0, with cum_t = delta_1 + ... + delta_t. The backward adds the matching terms:
+    ds0 from dy and d(last), and d(last)'s share of du_t = delta_t sum_n B_t[n] exp(A (cum_T - cum_t)) d(last).
+    Returns (y, last state), so a sequence can run in pieces. `scan(u, delta, A, B, C, D,
+    return_last_state)` is the forward kernel (a parameter so the algebra is tested on CPU).
+    """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D):
-        ctx.save_for_backward(u, delta, A, B, C, D)
-        return _kernel_scan(u, delta, A, B, C, D)
+    def forward(ctx, u, s0, delta, A, B, C, D, scan):
+        y, last = scan(u, delta, A, B, C, D, return_last_state=True)
+        ctx.save_for_backward(s0, delta, A, B, C, D)
+        ctx.scan, ctx.has_state = scan, s0 is not None
+        if s0 is not None:
+            share, decay_end = _state_shares(delta, A, C, s0, "y")
+            y, last = y + share, last + decay_end * s0
+        return y, last
 
     @staticmethod
-    def backward(ctx, dy):
-        u, delta, A, B, C, D = ctx.saved_tensors
-        du = adjoint_by_forward_scan(_kernel_scan, dy.contiguous(), delta, A, B, C, D)
+    def backward(ctx, dy, dlast):
+        s0, delta, A, B, C, D = ctx.saved_tensors
+        dy = torch.zeros_like(delta) if dy is None else dy.contiguous()
+        du = adjoint_by_forward_scan(lambda *a: ctx.scan(*a), dy, delta, A, B, C, D)
         if du is None:  # a delta too small to divide by: the kernel's own backward
             with torch.enable_grad():
-                u = u.detach().requires_grad_()
-                (du,) = torch.autograd.grad(_kernel_scan(u, delta, A, B, C, D), u, dy)
-        return du, None, None, None, None, None
+                u = torch.zeros_like(dy).requires_grad_()
+                (du,) = torch.autograd.grad(ctx.scan(u, delta, A, B, C, D), u, dy)
+        ds0 = None
+        if ctx.has_state:
+            ds0, decay_end = _state_shares(delta, A, C, dy, "s0")
+        if dlast is not None:
+            du = du + delta * _state_shares(delta, A, B, dlast, "u_from_last")[0]
+            if ctx.has_state:
+                ds0 = ds0 + decay_end * dlast
+        return du, ds0, None, None, None, None, None, None
+
+
+#: time steps per block when `_state_shares` forms [b, d, n, steps] decay tensors
+_SHARE_BLOCK = 2048
+
+
+def _state_shares(delta, A, BC, x, kind):
+    """The terms a start state adds to a linear scan, in blocks of time (decays in float64 sums).
+
+    kind "y":  x = s0 [b, d, n]  -> sum_n BC_t[n] exp(A cum_t) s0          [b, d, T]
+    kind "s0": x = dy [b, d, T]  -> sum_t BC_t[n] exp(A cum_t) dy_t       [b, d, n]
+    kind "u_from_last": x = d(last) [b, d, n] -> sum_n BC_t[n] exp(A (cum_T - cum_t)) d(last)  [b, d, T]
+    Also returns exp(A cum_T) [b, d, n].
+    """
+    cum = delta.double().cumsum(-1)  # [b, d, T]
+    total = cum[..., -1:]
+    A64 = A.double()[None, :, :, None]
+    out = []
+    acc = None
+    for t0 in range(0, delta.shape[-1], _SHARE_BLOCK):
+        t1 = min(t0 + _SHARE_BLOCK, delta.shape[-1])
+        c = cum[..., t0:t1] if kind != "u_from_last" else total - cum[..., t0:t1]
+        decay = torch.exp(A64 * c[:, :, None, :]).to(delta.dtype)  # [b, d, n, L]
+        bc = BC[:, None, :, t0:t1]  # [b, 1, n, L]
+        if kind == "s0":
+            part = (bc * decay * x[:, :, None, t0:t1]).sum(-1)
+            acc = part if acc is None else acc + part
+        else:
+            out.append((bc * decay * x[..., None]).sum(2))
+    decay_end = torch.exp(A.double()[None] * total).to(delta.dtype)  # [b, d, n]
+    return (acc if kind == "s0" else torch.cat(out, dim=-1)), decay_end
 
 
 def resolve(backend: str, device: torch.device, chunk_size: int = DEFAULT_CHUNK) -> Backend:

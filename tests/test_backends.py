@@ -131,14 +131,14 @@ def test_recomputation_reuses_the_scan_under_the_ssm_rule(arch, monkeypatch, met
     """Under the ssm rule a recomputed layer takes its scan output from the memo (one scan per layer
     and piece); with true gradients the backward needs the chunk states, so the layer scans again."""
     from mambalrp_tools import scan
-    from mambalrp_tools.architectures import mamba
+    from mambalrp_tools import backends
 
     model = tiny_model(arch, zero_biases=True)
     ids = _inputs(T=40)
     calls = []
     real = scan._scan
     monkeypatch.setattr(scan, "_scan", lambda *a: calls.append(1) or real(*a))
-    monkeypatch.setattr(mamba, "RECOMPUTE_TILE", tile)
+    monkeypatch.setattr(backends, "RECOMPUTE_TILE", tile)
     recomputed = mlt.explain(model, ids, method=method, checkpoint="device", chunk_size=16)
     assert len(calls) == scans_per_layer * pieces * model.config.num_hidden_layers
     calls.clear()
@@ -156,7 +156,7 @@ def test_recomputing_layers_in_pieces_changes_nothing(arch, monkeypatch, tile, m
     """A recomputed layer runs in pieces of `tile` tokens, carrying its conv inputs and scan state:
     the relevance equals the one-pass relevance to float64 precision, with left padding, biases
     everywhere, pieces shorter than the convolution and pieces that do not divide T."""
-    from mambalrp_tools.architectures import mamba
+    from mambalrp_tools import backends
     from conftest import rich_model
 
     model = rich_model(arch, dtype=torch.float64)
@@ -164,7 +164,7 @@ def test_recomputing_layers_in_pieces_changes_nothing(arch, monkeypatch, tile, m
     mask = torch.ones_like(ids)
     mask[1, :9] = 0
     whole = mlt.explain(model, ids, method=method, target=4, attention_mask=mask, checkpoint=False, **kwargs)
-    monkeypatch.setattr(mamba, "RECOMPUTE_TILE", tile)
+    monkeypatch.setattr(backends, "RECOMPUTE_TILE", tile)
     snap = snapshot(model)
     pieces = mlt.explain(model, ids, method=method, target=4, attention_mask=mask, checkpoint="device", **kwargs)
     assert_untouched(model, snap)
@@ -174,13 +174,14 @@ def test_recomputing_layers_in_pieces_changes_nothing(arch, monkeypatch, tile, m
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
 def test_recomputation_matches_reference_on_every_backend(arch, monkeypatch, device, backend):
-    """checkpoint="device" on each backend: in pieces where the backend carries a state (PyTorch),
-    whole layers on mamba-ssm's kernels; the relevance is the reference's either way."""
-    from mambalrp_tools.architectures import mamba
+    """checkpoint="device" on each backend, in pieces of 16 tokens (on mamba-ssm's kernels too, which
+    carry the state through `_LinearKernelScan`): the relevance is the reference's."""
+    from mambalrp_tools import backends
 
     ids = _inputs(T=70)
     reference = mlt.explain(tiny_model(arch, zero_biases=True), ids, target=4, checkpoint=False)
-    monkeypatch.setattr(mamba, "RECOMPUTE_TILE", 16)
+    monkeypatch.setattr(backends, "RECOMPUTE_TILE", 16)
+    monkeypatch.setattr(backends, "RECOMPUTE_TILE_CUDA", 16)
     model = tiny_model(arch, zero_biases=True).to(device)
     snap = snapshot(model)
     expl = mlt.explain(model, ids, target=4, backend=backend, checkpoint="device", chunk_size=32)
@@ -191,9 +192,9 @@ def test_recomputation_matches_reference_on_every_backend(arch, monkeypatch, dev
 
 
 def test_pieces_conserve_relevance(arch, monkeypatch):
-    from mambalrp_tools.architectures import mamba
+    from mambalrp_tools import backends
 
-    monkeypatch.setattr(mamba, "RECOMPUTE_TILE", 8)
+    monkeypatch.setattr(backends, "RECOMPUTE_TILE", 8)
     expl = mlt.explain(tiny_model(arch, zero_biases=True, dtype=torch.float64), _inputs(T=30), checkpoint="device")
     assert expl.conservation_error.max() <= 1e-5  # the relevance is stored in float32
 
@@ -216,16 +217,73 @@ def test_recompute_carries_state_between_pieces():
         torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-12, msg=f"tile {tile}")
 
 
-def test_kernel_backend_refuses_a_state():
-    """mamba-ssm's kernels cannot start from a state: asking for one is an error, not a silent restart."""
+def test_kernel_backend_carries_a_state_only_under_the_ssm_rule():
+    """mamba-ssm's kernels cannot start from a state: with true gradients (rules off) asking for one is
+    an error, not a silent restart; under the ssm rule the CUDA backend carries the state itself."""
     from mambalrp_tools.backends import Backend
 
-    x, w = torch.randn(1, 4, 6), torch.randn(4, 1, 4)
-    with pytest.raises(ValueError, match="cannot continue from a state"):
-        Backend("cuda").conv1d(x, w, None, history=torch.zeros(1, 4, 3))
-    with pytest.raises(ValueError, match="cannot continue from a state"):
+    x = torch.randn(1, 4, 6, requires_grad=True)
+    with pytest.raises(ValueError, match="only under the ssm rule"):
         Backend("cuda").scan(x, x, torch.randn(4, 2), x[:, :2], x[:, :2], None, initial_state=torch.zeros(1, 4, 2))
-    assert not Backend("cuda").carries_state and Backend("torch").carries_state
+    assert Backend("cuda").carries_state(ssm_rule=True) and not Backend("cuda").carries_state(ssm_rule=False)
+    assert Backend("torch").carries_state(ssm_rule=False)
+    assert Backend("cuda").recompute_tile > Backend("torch").recompute_tile
+
+
+def _torch_kernel(u, delta, A, B, C, D=None, return_last_state=False):
+    """mamba-ssm's selective_scan_fn contract (always from a zero state), on the PyTorch scan."""
+    from mambalrp_tools.scan import selective_scan
+
+    return selective_scan(u, delta, A, B, C, D, chunk_size=5, return_last_state=return_last_state)
+
+
+@pytest.mark.parametrize("T", [1, 7, 40])
+def test_stateful_kernel_scan_equals_a_scan_from_that_state(T, monkeypatch):
+    """The CUDA backend's start-from-a-state algebra (`_LinearKernelScan`), run here on a zero-state
+    PyTorch 'kernel' in float64: values, last state, du and ds0 (from dy and from d(last)) equal a scan
+    that starts from the state. Blocks of 3 steps exercise the blocked decay sums."""
+    from mambalrp_tools import backends
+    from mambalrp_tools.scan import selective_scan
+
+    monkeypatch.setattr(backends, "_SHARE_BLOCK", 3)
+    g = torch.Generator().manual_seed(T)
+    b, d, n = 2, 3, 4
+    f64 = dict(dtype=torch.float64)
+    u = torch.randn(b, d, T, generator=g, **f64)
+    delta = torch.rand(b, d, T, generator=g, **f64) * 0.5 + 0.05
+    A = -torch.rand(d, n, generator=g, **f64) * 2
+    B, C = torch.randn(b, n, T, generator=g, **f64), torch.randn(b, n, T, generator=g, **f64)
+    D = torch.randn(d, generator=g, **f64)
+    s0 = torch.randn(b, d, n, generator=g, **f64)
+    dy, dlast = torch.randn(b, d, T, generator=g, **f64), torch.randn(b, d, n, generator=g, **f64)
+
+    def grads(fn):
+        uu, ss = u.clone().requires_grad_(), s0.clone().requires_grad_()
+        y, last = fn(uu, ss)
+        du, ds = torch.autograd.grad((y * dy).sum() + (last * dlast).sum(), (uu, ss), allow_unused=True)
+        return y.detach(), last.detach(), du, ds
+
+    ours = grads(lambda uu, ss: backends._LinearKernelScan.apply(uu, ss, delta, A, B, C, D, _torch_kernel))
+    ref = grads(lambda uu, ss: selective_scan(uu, delta, A, B, C, D, initial_state=ss, return_last_state=True))
+    for a, r, what in zip(ours, ref, ("y", "last state", "du", "ds0")):
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10, msg=what)
+
+    # a sequence in two pieces, the first from no state (as a recomputed layer's first piece): the
+    # first piece must hand its last state on, and take the gradient of it back
+    if T > 1:
+        cut = T // 2
+
+        def pieces(uu, ss):
+            y1, s1 = backends._LinearKernelScan.apply(uu[..., :cut], None, *(t[..., :cut] for t in (delta,)), A,
+                                                     B[..., :cut], C[..., :cut], D, _torch_kernel)
+            y2, s2 = backends._LinearKernelScan.apply(uu[..., cut:], s1, delta[..., cut:], A, B[..., cut:],
+                                                     C[..., cut:], D, _torch_kernel)
+            return torch.cat([y1, y2], -1), s2
+
+        whole = grads(lambda uu, ss: selective_scan(uu, delta, A, B, C, D, return_last_state=True))
+        split = grads(pieces)
+        for a, r, what in zip(split[:3], whole[:3], ("y", "last state", "du")):
+            torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10, msg=f"pieces: {what}")
 
 
 def test_explain_freezes_weights_only_while_it_runs():

@@ -17,6 +17,7 @@ from transformers.models.falcon_mamba.modeling_falcon_mamba import FalconMambaMo
 from transformers.models.mamba.modeling_mamba import MambaModel
 
 from .. import backends
+from ..numerics import resolve_precision
 from ..recompute import HostSlabs
 from ..rules import Rules
 from .base import Architecture, LayerSSM, PatchContext, Sizes
@@ -65,6 +66,7 @@ def lrp_mode(
     chunk_size: int = backends.DEFAULT_CHUNK,
     checkpoint: bool | str | None = None,
     seq_len: int | None = None,
+    precision: str | None = None,
 ) -> Iterator:
     """Patch `model` so that Gradient x Input on its input embeddings is MambaLRP.
 
@@ -74,6 +76,7 @@ def lrp_mode(
     them on the model's device, "cpu" in host memory (for ~10^6 tokens on a GPU), False never;
     None (default): on only when the stored activations would not fit (over CPU_ACTIVATION_BUDGET on
     CPU, half the free memory on a GPU), and "cpu" when even the layer inputs would crowd the GPU.
+    `precision`: "float32" (default; exact) or "model" (matmuls in the model's dtype, see `numerics`).
 
         with lrp_mode(model):
             emb = model.get_input_embeddings()(ids).detach().requires_grad_()
@@ -84,7 +87,9 @@ def lrp_mode(
     rules = Rules.of(rules)
     device = next(model.parameters()).device
     chosen = backends.resolve(backend, device, chunk_size)
-    ctx = PatchContext(rules, chosen, _checkpoint_mode(checkpoint, seq_len, arch.sizes(model), device), HostSlabs())
+    pieces = chosen.carries_state(rules.ssm)
+    ctx = PatchContext(rules, chosen, _checkpoint_mode(checkpoint, seq_len, arch.sizes(model), device, pieces), HostSlabs(),
+                       resolve_precision(precision))
     installed = []
     try:
         for module in model.base_model.modules():
@@ -137,23 +142,25 @@ def input_gradients_only(model):
             p.requires_grad_(flag)
 
 
-def _checkpoint_mode(checkpoint, seq_len, sizes: Sizes, device) -> str | None:
+def _checkpoint_mode(checkpoint, seq_len, sizes: Sizes, device, pieces: bool = False) -> str | None:
     if checkpoint is None:
-        checkpoint = _auto_checkpoint(seq_len, sizes, device)
+        checkpoint = _auto_checkpoint(seq_len, sizes, device, pieces)
     mode = {False: None, True: "device", "device": "device", "cpu": "cpu"}.get(checkpoint, "invalid")
     if mode == "invalid":
         raise ValueError(f"checkpoint must be None, True, False, 'device' or 'cpu', got {checkpoint!r}")
     return mode
 
 
-def _auto_checkpoint(seq_len, sizes: Sizes, device):
+def _auto_checkpoint(seq_len, sizes: Sizes, device, pieces: bool = False):
     """Recompute layers only when storing every layer's activations would not fit comfortably.
 
     Autograd keeps about `activation_floats` x `inner` floats per token and layer; recomputation
     keeps one `hidden` vector per token and layer (`kept`: what decides "cpu" on a GPU, where the
     mamba-ssm kernels keep nothing else). The PyTorch scan under the ssm rule also keeps its output
     (`inner` floats) so that the recomputation skips the scan; on CPU that is still well below the
-    budget. Estimates are for batch 1.
+    budget. With `pieces` (the backend carries a layer's state, so a recomputed layer runs in pieces)
+    a GPU needs little beyond the kept inputs; otherwise recomputing a whole layer needs room for its
+    activations too. Estimates are for batch 1.
     """
     if seq_len is None:
         return False
@@ -164,4 +171,4 @@ def _auto_checkpoint(seq_len, sizes: Sizes, device):
     free = torch.cuda.mem_get_info(device)[0]
     if stored < free / 2:
         return False
-    return "device" if 4 * kept < free else "cpu"
+    return "device" if (1.25 if pieces else 4) * kept < free else "cpu"

@@ -20,7 +20,7 @@ from transformers.models.mamba.modeling_mamba import MambaBlock, MambaMixer, Mam
 
 from .. import backends
 from ..backends import Backend
-from ..numerics import upcast
+from ..numerics import linear, operand, upcast
 from ..recompute import recompute
 from ..rules import Rules, gate, rms_norm, silu, ssm
 from .base import Architecture, LayerSSM, PatchContext, Sizes
@@ -28,10 +28,6 @@ from .base import Architecture, LayerSSM, PatchContext, Sizes
 #: floats per token, layer and inner channel that autograd keeps through one Mamba layer, rounded up
 #: from a measurement (benchmarks/results/constants.md)
 ACTIVATION_FLOATS = 10
-#: tokens per piece when a recomputed layer runs in pieces over time (PyTorch backend), so that its
-#: intermediates stay a few MB at any length (see `recompute`); the fastest piece size measured
-#: (benchmarks/results/constants.md)
-RECOMPUTE_TILE = 512
 
 
 def norm_forward(norm, ctx: PatchContext):
@@ -48,33 +44,33 @@ def _mask(x, attention_mask):
     return x if attention_mask is None else x * attention_mask[:, :, None].to(x.dtype)
 
 
-def _f32(p):
-    return None if p is None else upcast(p)
-
-
-def in_projection(mixer, hidden_states, attention_mask):
+def in_projection(mixer, hidden_states, attention_mask, precision="float32"):
     """xs (the convolution's input) and z (the gate's pre-activation), [b, d_inner, T] each, float32."""
     x = _mask(upcast(hidden_states), attention_mask)
-    projected = F.linear(x, _f32(mixer.in_proj.weight), _f32(mixer.in_proj.bias)).transpose(1, 2)
+    projected = linear(x, mixer.in_proj.weight, mixer.in_proj.bias, precision).transpose(1, 2)
     return projected.chunk(2, dim=1)
 
 
-def ssm_parameters(mixer, xs, attention_mask, rules: Rules, backend: Backend, conv_history=None):
+def ssm_parameters(mixer, xs, attention_mask, rules: Rules, backend: Backend, conv_history=None,
+                   precision="float32"):
     """u, delta [b, d_inner, T]; A [d_inner, n]; B, C [b, n, T]; D [d_inner] from the conv input xs,
     with the silu, norm and ssm rules applied. conv_history: the conv inputs before xs (see `MixerState`)."""
-    conv = backend.conv1d(xs, _f32(mixer.conv1d.weight), _f32(mixer.conv1d.bias), conv_history)
+    weight, bias = operand(mixer.conv1d.weight, precision), operand(mixer.conv1d.bias, precision)
+    history = None if conv_history is None else conv_history.to(weight.dtype)
+    conv = upcast(backend.conv1d(xs.to(weight.dtype), weight, bias, history))
     u = _mask(silu(conv, rules.silu).transpose(1, 2), attention_mask)  # [b, T, d_inner]
 
     dt, B, C = torch.split(
-        F.linear(u, _f32(mixer.x_proj.weight)),
+        linear(u, mixer.x_proj.weight, None, precision),
         [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size],
         dim=-1,
     )
     if hasattr(mixer, "b_layernorm"):  # FalconMamba: weightless RMS norms on dt, B and C
         dt, B, C = (rms_norm(t, None, mixer.rms_eps, rules.norm) for t in (dt, B, C))
-    delta = F.softplus(_f32(mixer.dt_proj.weight) @ dt.transpose(1, 2) + _f32(mixer.dt_proj.bias)[:, None])
+    dt_weight = operand(mixer.dt_proj.weight, precision)
+    delta = F.softplus(upcast(dt_weight @ dt.transpose(1, 2).to(dt_weight.dtype)) + upcast(mixer.dt_proj.bias)[:, None])
     A = -torch.exp(upcast(mixer.A_log))
-    delta, A, B, C, D = ssm(delta, A, B.transpose(1, 2), C.transpose(1, 2), _f32(mixer.D), rules.ssm)
+    delta, A, B, C, D = ssm(delta, A, B.transpose(1, 2), C.transpose(1, 2), upcast(mixer.D), rules.ssm)
     return u.transpose(1, 2).contiguous(), delta.contiguous(), A, B.contiguous(), C.contiguous(), D
 
 
@@ -103,20 +99,20 @@ def _last_inputs(xs, history, k):
 
 
 def mixer_core(mixer, hidden_states, attention_mask, rules: Rules, backend: Backend, memo=None,
-               state: MixerState | None = None):
+               state: MixerState | None = None, precision="float32"):
     """The selective SSM block of one layer: [b, T, hidden] -> ([b, T, hidden] float32, MixerState).
 
     `memo`: the layer's `recompute.Memo` when it is recomputed in backward. `state`: continue a
     sequence from where an earlier call on its preceding tokens ended (None: the sequence starts
     here). The returned state is None on the CUDA backend, which cannot continue from one.
     """
-    xs, z = in_projection(mixer, hidden_states, attention_mask)
+    xs, z = in_projection(mixer, hidden_states, attention_mask, precision)
     u, delta, A, B, C, D = ssm_parameters(mixer, xs, attention_mask, rules, backend,
-                                          None if state is None else state.conv)
+                                          None if state is None else state.conv, precision)
     y, last = backend.scan(u, delta, A, B, C, D, memo=memo if rules.ssm else None,
                            initial_state=None if state is None else state.ssm)
     g = gate(y, silu(z, rules.silu), rules.gate)
-    out = F.linear(g.transpose(1, 2), _f32(mixer.out_proj.weight), _f32(mixer.out_proj.bias))
+    out = linear(g.transpose(1, 2), mixer.out_proj.weight, mixer.out_proj.bias, precision)
     if last is None:
         return out, None
     history = None if state is None else state.conv
@@ -134,7 +130,7 @@ def mixer_forward(mixer, ctx: PatchContext):
         cache = cache if cache is not None else cache_params
         if cache is not None:
             return original(mixer, hidden_states, cache, attention_mask=attention_mask, **kwargs)
-        out, state = mixer_core(mixer, hidden_states, attention_mask, rules, backend, memo, state)
+        out, state = mixer_core(mixer, hidden_states, attention_mask, rules, backend, memo, state, ctx.precision)
         return (out, state) if return_state else out
 
     return forward
@@ -159,7 +155,7 @@ def block_forward(block, ctx: PatchContext):
 
         hidden_states = upcast(hidden_states)
         if checkpoint and torch.is_grad_enabled() and hidden_states.requires_grad:
-            tile = RECOMPUTE_TILE if backend.carries_state else None
+            tile = backend.recompute_tile if backend.carries_state(ctx.rules.ssm) else None
             keep_free = None
             if checkpoint == "cpu":  # room to recompute one layer (or tile), with a 1.5x margin
                 tokens = hidden_states.shape[1] if tile is None else min(tile, hidden_states.shape[1])

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from ..architectures import lrp_mode
-from ..numerics import upcast
+from ..numerics import linear, upcast
 from ..rules import Rules
 
 METHODS: dict[str, Callable] = {}
@@ -91,6 +91,7 @@ class Query:
     backend: str = "auto"
     chunk_size: int | None = None
     checkpoint: bool | str | None = None
+    precision: str = "float32"  # "float32" or "model" (see numerics)
     logit: torch.Tensor | None = field(default=None, init=False)  # f at the input, set by `resolve`
     #: f at the baseline, set by methods whose completeness target is f - f(baseline)
     baseline_logit: torch.Tensor | None = field(default=None, init=False)
@@ -101,7 +102,7 @@ class Query:
 
     def patched(self, rules: Rules | dict | None):
         opts = {} if self.chunk_size is None else {"chunk_size": self.chunk_size}
-        return lrp_mode(self.model, rules, backend=self.backend, checkpoint=self.checkpoint,
+        return lrp_mode(self.model, rules, backend=self.backend, checkpoint=self.checkpoint, precision=self.precision,
                         seq_len=self.seq_len, **opts)
 
     def embeddings(self) -> torch.Tensor:
@@ -118,8 +119,7 @@ class Query:
         out = self.model.base_model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
         hidden = upcast(out.last_hidden_state[:, self.position])
         head = self.model.get_output_embeddings()
-        bias = None if head.bias is None else upcast(head.bias)
-        return torch.nn.functional.linear(hidden, upcast(head.weight), bias)
+        return linear(hidden, head.weight, head.bias, self.precision)
 
     def forward_func(self, embeds, attention_mask=None, target=None, contrast=None) -> torch.Tensor:
         """f [B] = logit[target] (- logit[contrast]) at `position`: the objective every method explains."""

@@ -26,8 +26,11 @@ from .base import register
 
 BASELINES = ("zero", "pad", "unk")
 #: "auto" batches (IG path points, SmoothGrad noisy copies) keep (points x tokens x layers x d_inner)
-#: per forward below this: a few GB of activations (bytes per element: benchmarks/results/constants.md)
+#: per forward below this off the GPU: a few GB of activations (benchmarks/results/constants.md)
 AUTO_BATCH_ELEMENTS = 2**27
+#: bytes autograd keeps per such element (benchmarks/results/constants.md); on a GPU "auto" batches
+#: fill half of the free memory at this rate
+AUTO_BATCH_BYTES_PER_ELEMENT = 44
 #: on CPU also (points x d_inner x d_state) below this, so that the scan's per-step states stay in a
 #: core's L2 cache: larger batches run slower per point (benchmarks/results/constants.md)
 AUTO_BATCH_CPU_STATE_FLOATS = 2**15
@@ -116,14 +119,26 @@ def smoothgrad(query, nt_samples: int = 25, stdevs: float = 0.15, nt_samples_bat
 
 
 def auto_batch(query, points: int) -> int:
-    """How many of `points` inputs of the query's length to run through the model at once: all of
-    them unless their activations would pass AUTO_BATCH_ELEMENTS or, on CPU, their scan states
-    AUTO_BATCH_CPU_STATE_FLOATS (may return 0: the caller applies its minimum)."""
+    """How many of `points` inputs of the query's length to run through the model at once (may
+    return 0: the caller applies its minimum); see `batch_fit`."""
     sizes = architecture_of(query.model).sizes(query.model)
-    fit = AUTO_BATCH_ELEMENTS // (query.seq_len * sizes.layers * sizes.inner)
-    if query.input_ids.device.type == "cpu":
-        fit = min(fit, AUTO_BATCH_CPU_STATE_FLOATS // (sizes.inner * sizes.state))
-    return min(points, fit)
+    device = query.input_ids.device
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    return min(points, batch_fit(query.seq_len * sizes.layers * sizes.inner, sizes.inner * sizes.state,
+                                 device.type, free))
+
+
+def batch_fit(elements: int, state_floats: int, device_type: str, free_bytes: int | None = None) -> int:
+    """Inputs that fit at once, each keeping `elements` (tokens x layers x d_inner) activations and
+    `state_floats` (d_inner x d_state) per scan step: on a GPU half of its free memory at
+    AUTO_BATCH_BYTES_PER_ELEMENT, elsewhere AUTO_BATCH_ELEMENTS, and on CPU also
+    AUTO_BATCH_CPU_STATE_FLOATS of scan states."""
+    if device_type == "cuda":
+        return free_bytes // 2 // (AUTO_BATCH_BYTES_PER_ELEMENT * elements)
+    fit = AUTO_BATCH_ELEMENTS // elements
+    if device_type == "cpu":
+        fit = min(fit, AUTO_BATCH_CPU_STATE_FLOATS // state_floats)
+    return fit
 
 
 def per_sample(query):
