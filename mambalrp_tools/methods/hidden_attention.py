@@ -26,7 +26,7 @@ matrices, so they push one row vector through the layers (last to first), one bl
 Two variants of each (`variant=`), transcribed from the authors' code (github AmeenAli/HiddenMambaAttn,
 `vim/xai_utils.py` on the per-channel matrices of their mamba-ssm fork's `compute_attn_matrix_fn`):
 
-- "official": rollout uses the signed channel mean (row sums can then be anything but 0); Mamba-Attr
+- "official": rollout uses the signed channel mean (its row sums are signed too); Mamba-Attr
   clamps each channel's alpha at 0, min-max normalises it over (channels, tokens), then averages the
   channels and scales column s by the gradient weight; the final row is clamped at 0, as theirs is.
 - "abs": this project's earlier variant, |signed channel mean| for both, no min-max: a distribution.
