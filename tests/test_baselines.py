@@ -389,8 +389,11 @@ def test_hidden_attention_matrices(arch):
 def _official_scan_inputs(model, ids):
     """Per layer (delta [b, T, d], A [d, n], B [b, T, n], C [b, T, n]) from each mixer's own modules, float64."""
     seen = []
-    hooks = [blk.mixer.register_forward_pre_hook(lambda m, a, kw: seen.append((m, (a[0] if a else kw["hidden_states"]))),
-                                                 with_kwargs=True) for blk in model.base_model.layers]
+
+    def grab(mixer, args, kwargs):
+        seen.append((mixer, args[0] if args else kwargs["hidden_states"]))
+
+    hooks = [blk.mixer.register_forward_pre_hook(grab, with_kwargs=True) for blk in model.base_model.layers]
     try:
         with torch.no_grad():
             model(ids)
