@@ -326,14 +326,16 @@ def test_blockwise_equals_dense(arch):
 
 def test_rollout_is_distribution(model, ids):
     for method in ("attention_rollout", "mamba_attr"):
-        r = run(model, ids, method).relevance
+        r = run(model, ids, method, variant="abs").relevance
         assert (r >= 0).all()
         torch.testing.assert_close(r.sum(-1), torch.ones(2))
+        official = run(model, ids, method).relevance
+        assert (official >= 0).all() and not torch.allclose(official, r)
 
 
 def test_mamba_attr_matches_definition(arch):
-    """mamba_attr = rollout of |alpha| with columns scaled by min-max(max_c ReLU(df/d block output)),
-    with the gradients taken from transformers' own (unpatched) forward."""
+    """mamba_attr(variant="abs") = rollout of |alpha| with columns scaled by
+    min-max(max_c ReLU(df/d block output)), with the gradients taken from transformers' own (unpatched) forward."""
     model = tiny_model(arch, seed=2)
     ids = torch.randint(0, 97, (2, 14), generator=torch.Generator().manual_seed(4))
     target = torch.tensor([1, 2])
@@ -353,9 +355,10 @@ def test_mamba_attr_matches_definition(arch):
         weights.append((w - lo) / (hi - lo))
     layers = [layer.to(torch.float64) for layer in capture_layers(Query(model, ids, None, target, None, -1))]
     expected = _dense_rollout([_dense_alpha(layer) for layer in layers], -1, weights)
-    got = mlt.explain(model, ids, target=target, method="mamba_attr").relevance
+    got = mlt.explain(model, ids, target=target, method="mamba_attr", variant="abs").relevance
     torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-6)
-    assert (got >= 0).all() and not torch.allclose(got, run(model, ids, "attention_rollout").relevance)
+    abs_rollout = run(model, ids, "attention_rollout", variant="abs").relevance
+    assert (got >= 0).all() and not torch.allclose(got, abs_rollout)
 
 
 def test_hidden_attention_at_earlier_position():
@@ -387,3 +390,150 @@ def test_hidden_attention_matrices(arch):
     torch.testing.assert_close(att[:, 1, 3:, 3:], alone[:, 0])
     layers = capture_layers(Query(model.eval(), ids, None, None, None, -1))
     torch.testing.assert_close(hidden_attention(model, ids)[0], attention_matrix(layers[0]))
+
+
+# ---------------------------------------------------------------- the authors' variants, transcribed densely
+# An independent transcription of github AmeenAli/HiddenMambaAttn (vim/xai_utils.py on the per-channel
+# matrices of their mamba-ssm fork's compute_attn_matrix_fn): the scan quantities are recomputed here from
+# transformers' modules, the [d, T, T] matrices from the definition; nothing is shared with the package.
+
+
+def _official_scan_inputs(model, ids):
+    """Per layer (delta [b, T, d], A [d, n], B [b, T, n], C [b, T, n]) from each mixer's own modules, float64."""
+    seen = []
+
+    def grab(mixer, args, kwargs):
+        seen.append((mixer, args[0] if args else kwargs["hidden_states"]))
+
+    hooks = [blk.mixer.register_forward_pre_hook(grab, with_kwargs=True) for blk in model.base_model.layers]
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = []
+    for mixer, hidden in seen:
+        mixer = mixer.double()
+        with torch.no_grad():
+            T = hidden.shape[1]
+            xz = mixer.in_proj(hidden.double()).transpose(1, 2)
+            x, _ = xz.chunk(2, dim=1)
+            x = torch.nn.functional.silu(mixer.conv1d(x)[..., :T]).transpose(1, 2)  # [b, T, d]
+            r, n = mixer.time_step_rank, mixer.ssm_state_size
+            dt, B, C = torch.split(mixer.x_proj(x), [r, n, n], dim=-1)
+            if "FalconMamba" in type(mixer).__name__:  # FalconMamba normalises B, C and dt (no weight)
+                B, C, dt = (t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + mixer.rms_eps) for t in (B, C, dt))
+            delta = torch.nn.functional.softplus(mixer.dt_proj(dt))
+            A = -torch.exp(mixer.A_log)
+        mixer.float()
+        out.append((delta, A, B, C))
+    return out
+
+
+def _official_matrix(delta, A, B, C):
+    """compute_attn_matrix_fn: alpha[b, d, r, c] = sum_n C_r * prod_{i=c+1..r} dA_i * dB_c, zero above the diagonal."""
+    b, T, d = delta.shape
+    dA = torch.exp(torch.einsum("btd,dn->btdn", delta, A))
+    dB = torch.einsum("btd,btn->btdn", delta, B)
+    out = torch.zeros(b, d, T, T, dtype=torch.float64)
+    for r in range(T):
+        for c in range(r + 1):
+            prod = torch.ones(b, d, A.shape[1], dtype=torch.float64)
+            for i in range(c + 1, r + 1):
+                prod = prod * dA[:, i]
+            out[:, :, r, c] = (C[:, r, None, :] * prod * dB[:, c]).sum(-1)
+    return out
+
+
+def _official_rollout(matrices, start_layer):
+    """compute_rollout_attention: + I, rows divided by their sums, joint = A_L ... A_start."""
+    eye = torch.eye(matrices[0].shape[-1], dtype=torch.float64)
+    aug = [(m + eye) / (m + eye).sum(-1, keepdim=True) for m in matrices]
+    joint = aug[start_layer]
+    for m in aug[start_layer + 1 :]:
+        joint = m @ joint
+    return joint
+
+
+def _official(model, ids, target, method, start_layer):
+    """generate_rollout / generate_mamba_attr at the last position (each sample alone, as their batch of 1)."""
+    grads = []
+    hooks = [blk.register_forward_hook(lambda m, a, o: grads.append(o[0] if isinstance(o, tuple) else o))
+             for blk in model.base_model.layers]
+    try:
+        logits = model(ids).logits[:, -1]
+    finally:
+        for h in hooks:
+            h.remove()
+    # fused add+norm blocks: their hooked residual's gradient is that of the stream after the block
+    grads = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), grads)
+    rows = []
+    for i in range(ids.shape[0]):
+        layers = []
+        for (delta, A, B, C), g in zip(_official_scan_inputs(model, ids[i : i + 1]), grads):
+            attn = _official_matrix(delta, A, B, C)[0]  # [d, T, T]
+            if method == "attention_rollout":
+                layers.append(attn.sum(0) / attn.shape[0])
+                continue
+            attn = attn.clamp(min=0)
+            attn = (attn - attn.min()) / (attn.max() - attn.min())
+            s = g[i].double().clamp(min=0).max(dim=1)[0]
+            s = (s - s.min()) / (s.max() - s.min())
+            layers.append(attn.sum(0) / attn.shape[0] * s[None, :])
+        rows.append(_official_rollout(layers, start_layer)[-1].clamp(min=0))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("method", ["attention_rollout", "mamba_attr"])
+@pytest.mark.parametrize("start_layer", [0, 1])
+def test_official_variant_equals_the_authors_formulas(arch, method, start_layer):
+    # (start_layer 2, the last layer alone, is trivial for mamba_attr: df/d(last block output) is 0 at every
+    # position but the explained one, so its gradient weight is one-hot)
+    model = tiny_model(arch, seed=3, layers=3)
+    with torch.no_grad():  # step sizes ~1 and larger B, C: off-diagonal attention of order 0.1, not 1e-3 as at init
+        for block in model.base_model.layers:
+            block.mixer.dt_proj.bias.fill_(0.5)
+            block.mixer.x_proj.weight.mul_(3)
+    ids = torch.randint(0, 97, (2, 11), generator=torch.Generator().manual_seed(5))
+    target = torch.tensor([4, 9])
+    expected = _official(model, ids, target, method, start_layer)
+    got = mlt.explain(model, ids, target=target, method=method, variant="official", start_layer=start_layer)
+    assert torch.equal(got.relevance, mlt.explain(model, ids, target=target, method=method,
+                                                  start_layer=start_layer).relevance)  # the default
+    torch.testing.assert_close(got.relevance.double(), expected, rtol=0, atol=1e-6)
+    assert got.relevance[:, :-1].sum() > 1e-3  # not all on the explained token
+    other = mlt.explain(model, ids, target=target, method=method, variant="abs", start_layer=start_layer)
+    assert (other.relevance - got.relevance).abs().max() > 1e-3  # the variants differ on this model
+
+
+def test_official_blockwise_and_in_small_budgets_equals_dense(arch):
+    """The per-channel clamp and the min-max peak survive tiling, channel chunks and recomputation."""
+    _, layers = _layers(arch, length=17)
+    per_channel = []
+    for layer in layers:
+        d = layer.u.shape[1]
+        per_channel.append(torch.stack([_dense_alpha(layer.channels(slice(c, c + 1))) for c in range(d)], 1))
+    for position in (16, 6):
+        p = position + 1
+        clamped = [m[..., :p, :p].clamp(min=0) for m in per_channel]
+        expected = torch.stack([
+            _official_rollout([(m[i].mean(0) / m[i].amax()) for m in clamped], 0)[-1] for i in range(2)])
+        signed = torch.stack([_official_rollout([m[i, :, :p, :p].mean(0) for m in per_channel], 0)[-1]
+                              for i in range(2)])
+        for budget, leaf, block in [(40, 1, 1), (96, 3, 4), (300, 2, 5), (1 << 22, 16, None)]:
+            got = rollout_row(layers, position, block=block, budget=budget, leaf=leaf, attention="clamped")
+            torch.testing.assert_close(got[:, :p], expected, rtol=1e-9, atol=1e-12)
+            got = rollout_row(layers, position, block=block, budget=budget, leaf=leaf, attention="signed")
+            torch.testing.assert_close(got[:, :p], signed, rtol=1e-9, atol=1e-12)
+
+
+def test_variant_and_start_layer_are_checked(model, ids):
+    for method in ("attention_rollout", "mamba_attr"):
+        with pytest.raises(ValueError, match="variant must be one of"):
+            mlt.explain(model, ids, method=method, variant="signed")
+        for bad in (2, -1, 1.0, True):
+            with pytest.raises(ValueError, match=r"start_layer must be an int in \[0, 2\)"):
+                mlt.explain(model, ids, method=method, start_layer=bad)
+        last_only = mlt.explain(model, ids, method=method, start_layer=1).relevance
+        assert not torch.allclose(last_only, mlt.explain(model, ids, method=method).relevance)

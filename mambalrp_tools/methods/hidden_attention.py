@@ -22,6 +22,16 @@ from a memory budget, so memory is O(T * block) for the attention rows and indep
 
 `attention_rollout` and `mamba_attr` need only the explained row of a product of row-normalised
 matrices, so they push one row vector through the layers (last to first), one block of rows at a time.
+
+Two variants of each (`variant=`), transcribed from the authors' code (github AmeenAli/HiddenMambaAttn,
+`vim/xai_utils.py` on the per-channel matrices of their mamba-ssm fork's `compute_attn_matrix_fn`):
+
+- "official": rollout uses the signed channel mean (its row sums are signed too); Mamba-Attr
+  clamps each channel's alpha at 0, min-max normalises it over (channels, tokens), then averages the
+  channels and scales column s by the gradient weight; the final row is clamped at 0, as theirs is.
+- "abs": this project's earlier variant, |signed channel mean| for both, no min-max: a distribution.
+
+Both use the layers from `start_layer` on (theirs: 15 of Vim-S's 24) and the same exact per-layer alpha.
 """
 
 from __future__ import annotations
@@ -43,34 +53,64 @@ MAX_BLOCK = 512
 
 
 class _Tiler:
-    """Channel-averaged hidden attention of one layer, computed tile by tile."""
+    """Channel-averaged hidden attention of one layer, computed tile by tile.
 
-    def __init__(self, layer: LayerSSM, budget: int = BUDGET, leaf: int = LEAF):
+    clamp=False: the signed channel mean of alpha. clamp=True: the mean over channels of max(alpha_d, 0),
+    and `peak` [b] collects max over (channels, tokens) of max(alpha_d, 0) over the rows computed so far.
+    """
+
+    def __init__(self, layer: LayerSSM, budget: int = BUDGET, leaf: int = LEAF, clamp: bool = False):
         self.delta, self.A, self.B, self.C = layer.delta, layer.A, layer.B, layer.C
+        if layer.mask is not None:  # alpha[:, s] is linear in B_s: a zero B_s is a zeroed padded column
+            self.B = self.B * layer.mask[:, None, :].to(self.B.dtype)
         self.dtype = layer.delta.dtype
         # float64: differences of a long cumulative sum keep their precision
         self.S = layer.delta.double().cumsum(-1)
-        self.mask = layer.mask
         b, d, _ = layer.delta.shape
         self.d = d
+        self.budget = budget
+        self.clamp = clamp
+        self.peak = layer.delta.new_zeros(b)
         self.rows_fit = max(1, budget // (b * d * self.A.shape[1]))  # rows per [b, rows, d, n] temporary
         self.leaf = max(1, min(leaf, int(self.rows_fit**0.5)))  # a direct tile is [b, d, L, L, n]
+
+    def _attend(self, q, k):
+        """q [N, L, d, n], k [N, M, d, n] -> ([N, L, M] channel mean of sum_n q k, peak [N] or None).
+
+        Under clamp each channel is clamped at 0 before the mean (channels a chunk at a time, so the
+        per-channel [N, chunk, L, M] temporary stays within the budget) and its maximum is returned.
+        """
+        N, L, d, n = q.shape
+        M = k.shape[1]
+        if not self.clamp:
+            return torch.bmm(q.reshape(N, L, d * n), k.reshape(N, M, d * n).transpose(1, 2)) / d, None
+        out = q.new_zeros(N, L, M)
+        peak = q.new_zeros(N)
+        step = max(1, self.budget // (N * L * M))
+        for c0 in range(0, d, step):
+            a = torch.einsum("xtcn,xscn->xcts", q[:, :, c0 : c0 + step], k[:, :, c0 : c0 + step]).clamp_(min=0)
+            out += a.sum(1)
+            peak = torch.maximum(peak, a.amax((1, 2, 3)))
+        return out / d, peak
 
     def _decay(self, dS):
         """exp(A * dS) for dS [b, d, L] >= 0 -> [b, L, d, n] (<= 1: never overflows)."""
         return (dS.to(self.dtype).transpose(1, 2).unsqueeze(-1) * self.A).exp_()  # in place: these are the big temporaries
 
     def queries(self, t0, t1, ref):
-        """Q[t] = C_t * exp(A (S_t - S_ref)) for rows [t0, t1): [b, L, d*n]."""
+        """Q[t] = C_t * exp(A (S_t - S_ref)) for rows [t0, t1): [b, L, d, n]."""
         q = self._decay(self.S[:, :, t0:t1] - self.S[:, :, ref : ref + 1])
-        q.mul_(self.C[:, :, t0:t1].transpose(1, 2).unsqueeze(2))
-        return q.flatten(2)
+        return q.mul_(self.C[:, :, t0:t1].transpose(1, 2).unsqueeze(2))
 
     def keys(self, s0, s1, ref):
-        """K[s] = delta_s B_s exp(A (S_ref - S_s)) for columns [s0, s1), s1 <= ref + 1: [b, L, d*n]."""
+        """K[s] = delta_s B_s exp(A (S_ref - S_s)) for columns [s0, s1), s1 <= ref + 1: [b, L, d, n]."""
         k = self._decay(self.S[:, :, ref : ref + 1] - self.S[:, :, s0:s1])
-        k.mul_(self.delta[:, :, s0:s1].transpose(1, 2).unsqueeze(-1)).mul_(self.B[:, :, s0:s1].transpose(1, 2).unsqueeze(2))
-        return k.flatten(2)
+        k.mul_(self.delta[:, :, s0:s1].transpose(1, 2).unsqueeze(-1))
+        return k.mul_(self.B[:, :, s0:s1].transpose(1, 2).unsqueeze(2))
+
+    def _record(self, peak):
+        if peak is not None:
+            self.peak = torch.maximum(self.peak, peak)
 
     def off_diagonal(self, q, t0, s0, s1):
         """Tile rows (those of `q`, computed with ref = t0 - 1) x columns [s0, s1), s1 <= t0."""
@@ -78,8 +118,10 @@ class _Tiler:
         step = self.rows_fit
         for c0 in range(s0, s1, step):
             c1 = min(c0 + step, s1)
-            out.append(torch.bmm(q, self.keys(c0, c1, t0 - 1).transpose(1, 2)))
-        return torch.cat(out, dim=-1) / self.d
+            tile, peak = self._attend(q, self.keys(c0, c1, t0 - 1))
+            self._record(peak)
+            out.append(tile)
+        return torch.cat(out, dim=-1)
 
     def diagonal(self, t0, t1):
         """The lower-triangular tile rows x columns [t0, t1): [b, L, L].
@@ -108,7 +150,8 @@ class _Tiler:
             k = self._decay4(ref - first)
             k.mul_(delta.view(b, self.d, nt, 2, h)[:, :, :, 0].permute(0, 2, 3, 1).unsqueeze(-1))
             k.mul_(B.view(b, -1, nt, 2, h)[:, :, :, 0].permute(0, 2, 3, 1).unsqueeze(3))
-            tiles = torch.bmm(q.flatten(3).flatten(0, 1), k.flatten(3).flatten(0, 1).transpose(1, 2)) / self.d
+            tiles, peak = self._attend(q.flatten(0, 1), k.flatten(0, 1))
+            self._record(None if peak is None else peak.view(b, nt).amax(1))
             sub = torch.diagonal(out.view(b, nt, 2, h, nt, 2, h), dim1=1, dim2=4)  # [b, 2, h, 2, h, nt] view
             sub[:, 1, :, 0] = tiles.view(b, nt, h, h).permute(0, 2, 3, 1)
             h *= 2
@@ -144,18 +187,23 @@ class _Tiler:
             # clamp the acausal half (it would overflow) before exp; it is zeroed below
             decay = (dS.clamp(min=0).to(self.dtype).unsqueeze(-1) * self.A[None, :, None, None, None]).exp_()
             Bbar = dv[:, :, g0:g1, :, None] * Bv[:, None, :, g0:g1].permute(0, 1, 3, 4, 2)  # [b, d, g, s, n]
-            alpha = torch.einsum("bngt,bdgtsn,bdgsn->btsg", Cv[:, :, g0:g1], decay, Bbar) / self.d
-            diag[..., g0:g1] = alpha * causal[..., None]
+            if self.clamp:
+                per_channel = torch.einsum("bngt,bdgtsn,bdgsn->bdtsg", Cv[:, :, g0:g1], decay, Bbar)
+                per_channel = (per_channel * causal[..., None]).clamp_(min=0)
+                self._record(per_channel.amax((1, 2, 3, 4)))
+                alpha = per_channel.mean(1)
+            else:
+                alpha = torch.einsum("bngt,bdgtsn,bdgsn->btsg", Cv[:, :, g0:g1], decay, Bbar) / self.d
+                alpha = alpha * causal[..., None]
+            diag[..., g0:g1] = alpha
 
     def rows(self, t0, t1):
-        """alpha[:, t0:t1, :t1] (signed, averaged over channels; padded columns zeroed)."""
+        """alpha[:, t0:t1, :t1] averaged over channels (signed, or clamped per channel); padded columns 0."""
         b = self.delta.shape[0]
         out = self.delta.new_zeros(b, t1 - t0, t1)
         if t0 > 0:
             out[:, :, :t0] = self.off_diagonal(self.queries(t0, t1, t0 - 1), t0, 0, t0)
         out[:, :, t0:] = self.diagonal(t0, t1)
-        if self.mask is not None:
-            out = out * self.mask[:, None, :t1].to(out.dtype)
         return out
 
     def row_blocks(self, end: int, block: int | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -233,25 +281,39 @@ def hidden_attention(model, input_ids, attention_mask=None) -> torch.Tensor:
         return torch.stack([attention_matrix(layer).cpu() for layer in capture_layers(query)])
 
 
-def rollout_row(layers: list[LayerSSM], position: int, column_weights=None, block: int | None = None,
-                budget: int = BUDGET, leaf: int = LEAF) -> torch.Tensor:
-    """Row `position` of prod_l rownorm(|alpha_l| * w_l + I) (last layer first), [b, T]; rows sum to 1.
+#: how each layer's rows enter the rollout: |signed mean|, signed mean, or clamped per channel and min-max'd
+ATTENTIONS = ("abs", "signed", "clamped")
+VARIANTS = ("official", "abs")
 
-    column_weights: optional per layer [b, T] factors multiplied into the columns of |alpha_l| (mamba_attr).
-    Computed as r <- r @ Ahat_l, one block of rows of Ahat_l at a time; only positions <= `position` matter.
+
+def rollout_row(layers: list[LayerSSM], position: int, column_weights=None, block: int | None = None,
+                budget: int = BUDGET, leaf: int = LEAF, attention: str = "abs") -> torch.Tensor:
+    """Row `position` of prod_l rownorm(a_l * w_l + I) (last layer first), [b, T].
+
+    a_l by `attention`: "abs" |alpha_l| (rows then sum to 1), "signed" alpha_l, "clamped" the mean over
+    channels of max(alpha_l,d, 0) divided by its max over (channels, tokens up to `position`), i.e. the
+    authors' min-max (the min is 0: the causal matrix's upper triangle; a lone token scores 1 anyway).
+    alpha_l is the signed channel mean. column_weights: optional per layer [b, T] factors multiplied into
+    the columns (mamba_attr). Computed as r <- r @ Ahat_l, one block of rows of Ahat_l at a time; only
+    positions <= `position` matter.
     """
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, not {attention!r}")
     b, _, T = layers[0].delta.shape
     p = position % T
     r = layers[0].delta.new_zeros(b, p + 1)
     r[:, p] = 1
     for i in reversed(range(len(layers))):
         weight = None if column_weights is None else column_weights[i]
+        blocks, scale = _layer_rows(layers[i], p + 1, block, budget, leaf, attention == "clamped")
         new = torch.zeros_like(r)
-        for t0, t1, rows in _Tiler(layers[i], budget, leaf).row_blocks(p + 1, block):
+        for t0, t1, rows in blocks:
             coeff = r[:, t0:t1]
             if not bool(coeff.any()):
                 continue  # rows nothing flows through (e.g. padding)
-            a = rows.abs()
+            a = rows.abs() if attention == "abs" else rows
+            if scale is not None:
+                a = a * scale[:, None, None]
             if weight is not None:
                 a = a * weight[:, None, :t1]
             diag = torch.arange(t1 - t0, device=a.device)
@@ -262,28 +324,68 @@ def rollout_row(layers: list[LayerSSM], position: int, column_weights=None, bloc
     return torch.nn.functional.pad(r, (0, T - p - 1))
 
 
-@register("attention_rollout", aliases=("rollout",), signed=False)
-def attention_rollout(query, block: int | None = None):
-    """Attention rollout over Mamba's hidden attention: row `position` of prod_l rownorm(|alpha_l| + I).
+def _layer_rows(layer, end, block, budget, leaf, clamp):
+    """(row blocks of layer's attention over [0, end), per-sample scale or None).
 
-    alpha_l is layer l's hidden attention averaged over channels (its absolute value is taken because
-    C . Bbar can be negative). Non-negative; each sample's scores sum to 1. Padded positions get 0.
+    Under clamp the min-max needs the maximum over all rows before any row is used: the rows are kept
+    from that first pass when they fit the budget, and computed again otherwise.
     """
+    tiler = _Tiler(layer, budget, leaf, clamp=clamp)
+    if not clamp:
+        return tiler.row_blocks(end, block), None
+    keep = layer.delta.shape[0] * end * end <= budget
+    blocks = []
+    for item in tiler.row_blocks(end, block):
+        if keep:
+            blocks.append(item)
+    peak = tiler.peak
+    scale = torch.where(peak > 0, 1 / peak.clamp(min=torch.finfo(peak.dtype).tiny), torch.zeros_like(peak))
+    return (blocks if keep else _Tiler(layer, budget, leaf, clamp=True).row_blocks(end, block)), scale
+
+
+def _check_variant(variant):
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
+
+
+def _check_start_layer(start_layer, n_layers):
+    if isinstance(start_layer, bool) or not isinstance(start_layer, int) or not 0 <= start_layer < n_layers:
+        raise ValueError(f"start_layer must be an int in [0, {n_layers}) for this {n_layers}-layer model, "
+                         f"not {start_layer!r}")
+
+
+@register("attention_rollout", aliases=("rollout",), signed=False)
+def attention_rollout(query, variant: str = "official", start_layer: int = 0, block: int | None = None):
+    """Attention rollout over Mamba's hidden attention: row `position` of prod_l rownorm(a_l + I).
+
+    Layers start_layer..L-1. variant="official" (the authors' formula): a_l = alpha_l, the signed
+    channel mean, and the result clamped at 0. variant="abs": a_l = |alpha_l| (non-negative, each
+    sample's scores sum to 1). Padded positions get 0.
+    """
+    _check_variant(variant)
     query.resolve()
-    return rollout_row(capture_layers(query), query.position, block=block)
+    layers = capture_layers(query)
+    _check_start_layer(start_layer, len(layers))
+    attention = "signed" if variant == "official" else "abs"
+    row = rollout_row(layers[start_layer:], query.position, block=block, attention=attention)
+    return row.clamp(min=0) if variant == "official" else row
 
 
 @register("mamba_attr", aliases=("mambaattr",), signed=False)
-def mamba_attr(query, block: int | None = None):
-    """Mamba-Attr (Ali et al. 2024): rollout of hidden attention weighted by gradients.
+def mamba_attr(query, variant: str = "official", start_layer: int = 0, block: int | None = None):
+    """Mamba-Attr (Ali et al. 2024): rollout of hidden attention weighted by gradients, layers start_layer..L-1.
 
     Per layer: g = df/d(block output) [T, hidden]; w_s = max over hidden of ReLU(g_s), min-max normalised
-    over the (real) positions up to the explained one; the columns of |alpha_l| are multiplied by w, then
-    rollout as in `attention_rollout`. Non-negative; each sample's scores sum to 1. If w is constant it is
-    0 (the layer passes relevance straight through its identity term).
+    over the (real) positions up to the explained one (0 where w is constant); column s of the layer's
+    attention is multiplied by w_s, then rollout as in `attention_rollout`. The attention:
+    variant="official" the mean over channels of max(alpha_d, 0) min-max normalised over (channels,
+    tokens), as the authors' code; variant="abs" |alpha_l| (each sample's scores then sum to 1).
+    Non-negative either way.
     """
+    _check_variant(variant)
     query.resolve()
     layers, grads = capture_layers(query, grad=True)
+    _check_start_layer(start_layer, len(layers))
     p = query.position % query.seq_len
     mask = query.attention_mask
     valid = torch.zeros(query.input_ids.shape, dtype=torch.bool, device=query.input_ids.device)
@@ -291,10 +393,11 @@ def mamba_attr(query, block: int | None = None):
     if mask is not None:
         valid &= mask.bool()
     weights = []
-    for g in grads:
+    for g in grads[start_layer:]:
         w = g.float().clamp(min=0).amax(-1)  # [b, T]
         lo = w.masked_fill(~valid, float("inf")).amin(-1, keepdim=True)
         hi = w.masked_fill(~valid, float("-inf")).amax(-1, keepdim=True)
         w = ((w - lo) / (hi - lo).clamp(min=torch.finfo(w.dtype).tiny)).clamp(0, 1) * valid
         weights.append(w.to(layers[0].delta.dtype))
-    return rollout_row(layers, p, weights, block=block)
+    attention = "clamped" if variant == "official" else "abs"
+    return rollout_row(layers[start_layer:], p, weights, block=block, attention=attention)
