@@ -29,9 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .zoo.train import register as register_training  # train-toy, finetune
 
     register_training(sub)
-    from .notebooks import add_parser as add_notebooks
+    from .reproduce import add_parser as add_reproduce  # reproduce (alias: notebooks)
 
-    add_notebooks(sub)
+    add_reproduce(sub)
     return parser
 
 
