@@ -8,9 +8,9 @@ from .html import window
 
 
 def _figure(width, height):
-    from matplotlib.figure import Figure
+    import matplotlib.pyplot as plt  # pyplot, so that a notebook cell shows the figure
 
-    return Figure(figsize=(width, height), layout="constrained")
+    return plt.figure(figsize=(width, height), layout="constrained")
 
 
 def methods_window(explanations: dict, tokens, evidence=(), width: int = 40, title: str = ""):
