@@ -59,7 +59,9 @@ def _first_error(executed: Path) -> str:
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 return f"cell {i}: {out.get('ename')}: {out.get('evalue')}".strip()
-    return ""
+    # a timed-out cell has no error output: it is the last one papermill started
+    started = [i for i, cell in enumerate(cells) if cell.get("metadata", {}).get("papermill", {}).get("start_time")]
+    return f"cell {started[-1]} (the last one started)" if started else ""
 
 
 def _last_error_line(log: Path) -> str:
@@ -94,7 +96,7 @@ def run_notebook(path: Path, run_dir: Path, parameters: dict, *, cell_timeout: i
     if rc not in (0, None):
         status = "failed"
     if status != "ok":
-        error = "; ".join(e for e in (error, _first_error(executed) or _last_error_line(log)) if e)
+        error = "; ".join(e for e in (error, _first_error(executed), _last_error_line(log)) if e)
     figures = sorted(str(p) for p in figures_dir.glob(f"{path.stem}__*") if p.stat().st_mtime >= start - 1)
     return NotebookRun(path.stem, status, round(seconds, 1), figures, str(executed), str(log), error)
 
