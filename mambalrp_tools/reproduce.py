@@ -49,19 +49,26 @@ def find_notebooks(directory=None) -> Path:
     raise FileNotFoundError("no notebooks/ folder found; run from the project checkout or pass --dir")
 
 
+def _cell_name(cell) -> str:
+    """How the user finds the cell: its execution count, else its first line."""
+    n = cell.get("execution_count")
+    first = ("".join(cell.get("source", "")).strip().splitlines() or [""])[0][:60]
+    return f"In [{n}] ({first!r})" if n else f"the cell {first!r}"
+
+
 def _first_error(executed: Path) -> str:
-    """'cell N: Ename: value' of the first cell whose output is an error (papermill keeps them)."""
+    """'In [n] (first line): Ename: value' of the first cell whose output is an error, else the name
+    of the cell that was running when the notebook stopped (a timed-out cell has no error output)."""
     try:
-        cells = json.loads(executed.read_text())["cells"]
+        cells = [c for c in json.loads(executed.read_text())["cells"] if c.get("cell_type") == "code"]
     except (OSError, ValueError, KeyError):
         return ""
-    for i, cell in enumerate(cells):
+    for cell in cells:
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
-                return f"cell {i}: {out.get('ename')}: {out.get('evalue')}".strip()
-    # a timed-out cell has no error output: it is the last one papermill started
-    started = [i for i, cell in enumerate(cells) if cell.get("metadata", {}).get("papermill", {}).get("start_time")]
-    return f"cell {started[-1]} (the last one started)" if started else ""
+                return f"{_cell_name(cell)}: {out.get('ename')}: {out.get('evalue')}".strip()
+    started = [c for c in cells if c.get("metadata", {}).get("papermill", {}).get("start_time")]
+    return f"stopped in {_cell_name(started[-1])}" if started else ""
 
 
 def _last_error_line(log: Path) -> str:
@@ -78,7 +85,7 @@ def run_notebook(path: Path, run_dir: Path, parameters: dict, *, cell_timeout: i
     executed, log = run_dir / path.name, run_dir / f"{path.stem}.log"
     figures_dir = Path(parameters["FIGURES_DIR"])
     cmd = [sys.executable, "-m", "papermill", str(path), str(executed), "-y", json.dumps(parameters),
-           "--cwd", str(path.parent), "-k", kernel, "--execution-timeout", str(cell_timeout),
+           "--cwd", str(path.parent), "-k", kernel, "-l", "python", "--execution-timeout", str(cell_timeout),
            "--start-timeout", str(start_timeout), "--no-progress-bar", "--log-output"]
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # the kernel uses the inline backend
     start = time.time()
@@ -96,7 +103,9 @@ def run_notebook(path: Path, run_dir: Path, parameters: dict, *, cell_timeout: i
     if rc not in (0, None):
         status = "failed"
     if status != "ok":
-        error = "; ".join(e for e in (error, _first_error(executed), _last_error_line(log)) if e)
+        first = _first_error(executed)
+        detail = first if ": " in first else "; ".join(e for e in (first, _last_error_line(log)) if e)
+        error = "; ".join(e for e in (error, detail) if e)
     figures = sorted(str(p) for p in figures_dir.glob(f"{path.stem}__*") if p.stat().st_mtime >= start - 1)
     return NotebookRun(path.stem, status, round(seconds, 1), figures, str(executed), str(log), error)
 

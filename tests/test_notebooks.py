@@ -108,8 +108,9 @@ def test_a_failing_or_hung_notebook_is_named_and_the_run_goes_on(tmp_path):
             run_notebook(slow, tmp_path / "run", params, cell_timeout=3, start_timeout=60, notebook_timeout=100),
             run_notebook(slow, tmp_path / "run", params, cell_timeout=300, start_timeout=60, notebook_timeout=15)]
     assert [r.status for r in runs] == ["failed", "failed", "hung"]
-    assert "cell 1: ValueError: broken on purpose" in runs[0].error
-    assert "cell 1" in runs[1].error and "timed out" in runs[1].error.lower(), runs[1].error
+    assert "In [3] (\"raise ValueError('broken on purpose')\"): ValueError: broken on purpose" in runs[0].error
+    assert "'time.sleep(300)'" not in runs[1].error and "'import time'" in runs[1].error, runs[1].error
+    assert "timed out" in runs[1].error.lower(), runs[1].error
     assert "killed" in runs[2].error
     table = summary_table(runs)
     assert table.count("failed") == 2 and "hung" in table and "bad" in table
