@@ -82,8 +82,8 @@ class Explanation:
         for i in rows:
             toks, idx = self._tokens(i), self._real(i)
             parts.append(token_heatmap([toks[j] for j in idx], self.relevance[i, idx].tolist(),
-                                       label=f"{self.method}: target {int(self.target[i])}, "
-                                             f"f = {float(self.logit[i]):.4g}"))
+                                       label=self.method,
+                                       note=f"target {int(self.target[i])}, f = {float(self.logit[i]):.4g}"))
         return "".join(parts)
 
     def _repr_html_(self) -> str:

@@ -11,12 +11,12 @@ def _background(v: float) -> str:
     return f"rgba({rgb},{min(abs(v), 1.0):.3f})"
 
 
-def token_heatmap(tokens: Sequence[str], relevance: Sequence[float], *, label: str = "",
+def token_heatmap(tokens: Sequence[str], relevance: Sequence[float], *, label: str = "", note: str = "",
                   marked: Sequence[int] = (), scale: float | None = None, offset: int = 0,
                   total: int | None = None) -> str:
     """A wrapping line of tokens coloured by relevance (scaled by `scale`, default the max |R| shown).
 
-    marked: indices (into `tokens`) to outline, e.g. the evidence. offset/total: when `tokens` is a
+    label is shown in bold, note after it. marked: indices (into `tokens`) to outline, e.g. the evidence. offset/total: when `tokens` is a
     window of a longer input, say which part is shown. Every token is HTML-escaped; the spans are
     joined by a space so that the line breaks and copied text keeps word boundaries.
     """
@@ -32,6 +32,8 @@ def token_heatmap(tokens: Sequence[str], relevance: Sequence[float], *, label: s
     head = []
     if label:
         head.append(f"<b>{html.escape(label)}</b>")
+    if note:
+        head.append(html.escape(note))
     if total is not None and (offset > 0 or offset + len(values) < total):
         head.append(html.escape(f"(tokens {offset}–{offset + len(values) - 1} of {total})"))
     lead = (" ".join(head) + "<br>") if head else ""
