@@ -13,6 +13,7 @@ import pytest
 
 from mambalrp_tools.reproduce import NOTEBOOKS, run_notebook, summary_table
 
+pytestmark = pytest.mark.timeout(60)  # the static checks; each run below sets its own
 ROOT = Path(__file__).resolve().parents[1]
 PATHS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 PARAMS = ("MODEL", "DEVICE", "QUICK", "N", "FIGURES_DIR")
