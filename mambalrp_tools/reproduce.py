@@ -103,9 +103,9 @@ def run_notebook(path: Path, run_dir: Path, parameters: dict, *, cell_timeout: i
     if rc not in (0, None):
         status = "failed"
     if status != "ok":
-        first = _first_error(executed)
-        detail = first if ": " in first else "; ".join(e for e in (first, _last_error_line(log)) if e)
-        error = "; ".join(e for e in (error, detail) if e)
+        first, line = _first_error(executed), _last_error_line(log)
+        # a timed-out cell shows only the interrupt; papermill's log says it timed out
+        error = "; ".join(e for e in (error, first, "" if line in first else line) if e)
     figures = sorted(str(p) for p in figures_dir.glob(f"{path.stem}__*") if p.stat().st_mtime >= start - 1)
     return NotebookRun(path.stem, status, round(seconds, 1), figures, str(executed), str(log), error)
 
