@@ -23,7 +23,8 @@ COMMANDS = {
     "evaluate": ("mambalrp_tools.evaluation.cli", "run one of the paper's analyses into a resumable run folder"),
     "train-toy": ("mambalrp_tools.zoo.train", "retrain an embedded toy model from its recipe"),
     "finetune": ("mambalrp_tools.zoo.train", "fine-tune a hub Mamba as a classifier on a hub dataset"),
-    "notebooks": ("mambalrp_tools.notebooks", "run the notebook series with papermill (writes figures/)"),
+    "reproduce": ("mambalrp_tools.reproduce", "run the notebook series with papermill (figures PDF+PNG, summary table)"),
+    "notebooks": ("mambalrp_tools.reproduce", "the earlier name of reproduce"),
 }
 GLOBAL_FLAGS = ("--debug", "--verbose")
 #: exceptions that mean "bad input", reported as one line and exit status 2

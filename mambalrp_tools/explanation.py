@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,28 +173,20 @@ class Explanation:
         )
 
     def to_html(self, sample: int | None = None) -> str:
-        """Token heatmap: red = positive, blue = negative, each sample scaled by its max |R|
-        (with an output axis: one heatmap per output)."""
+        """Token heatmap: red = positive, blue = negative, each sample scaled by its max |R|; the line
+        wraps (tokens are separate, HTML-escaped spans). With an output axis: one heatmap per output."""
+        from .viz.html import token_heatmap
+
         if self.output_positions is not None:
             return "".join(self.output(j).to_html(sample) for j in range(len(self.output_positions)))
         rows = range(len(self)) if sample is None else [sample]
-        parts = [f"<div style='font-family:monospace;line-height:1.9'><b>{html.escape(self.method)}</b>"]
+        parts = []
         for i in rows:
             toks, idx = self._tokens(i), self._real(i)
-            scale = float(self.relevance[i].abs().max()) or 1.0
-            spans = []
-            for j in idx:
-                r = float(self.relevance[i, j])
-                a = min(abs(r) / scale, 1.0)
-                rgb = "220,40,40" if r >= 0 else "40,90,220"
-                spans.append(
-                    f"<span title='{r:.4g}' style='background:rgba({rgb},{a:.3f});padding:1px 2px;"
-                    f"margin:1px;border-radius:3px'>{html.escape(toks[j])}</span>"
-                )
-            parts.append(
-                f"<div>target {int(self.target[i])}, f = {float(self.logit[i]):.4g}: {''.join(spans)}</div>"
-            )
-        return "".join(parts) + "</div>"
+            parts.append(token_heatmap([toks[j] for j in idx], self.relevance[i, idx].tolist(),
+                                       label=self.method,
+                                       note=f"target {int(self.target[i])}, f = {float(self.logit[i]):.4g}"))
+        return "".join(parts)
 
     def _repr_html_(self) -> str:
         return self.to_html()

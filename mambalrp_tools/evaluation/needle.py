@@ -6,7 +6,9 @@ digit) and the needle relevance share: the fraction of the positive relevance th
 "The needle" is the needle sentence span `[meta["needle_start"], meta["needle_end"])` when the task
 gives it ("the secret code is 4 7 1 9"), else `Example.evidence`. Records also hold the share on the
 evidence alone (the code digits, `share_digits`) and on the one digit the target copies
-(`share_answer`, from `meta["answer_position"]`). The summary reports shares over correct retrievals
+(`share_answer`, from `meta["answer_position"]`), and the needle's share among the haystack alone
+(`share_haystack`: the tokens before the question, `meta["question_start"]`; the question and the
+digits it repeats draw much of the relevance). The summary reports shares over correct retrievals
 (what the finding is about) and over all examples.
 """
 
@@ -139,6 +141,8 @@ def needle_grid(model, context_lengths=(128, 256, 512, 1024), depths=(0.0, 0.25,
                          "target": int(tgt[i]), "pred": int(pred[i]), "correct": bool(pred[i] == tgt[i]),
                          "f": float(f[i]), "share": needle_share(r, needle),
                          "share_digits": needle_share(r, ex.evidence),
+                         # the same share among the haystack only (the tokens before the question)
+                         "share_haystack": needle_share(r[: int(meta.get("question_start", r.shape[0]))], needle),
                          "share_answer": needle_share(r, [meta["answer_position"]]) if "answer_position" in meta
                          else None,
                          "top1_on_needle": float(int(torch.argmax(r)) in set(needle.tolist()))})
@@ -154,6 +158,7 @@ def needle_grid(model, context_lengths=(128, 256, 512, 1024), depths=(0.0, 0.25,
                 "share_correct": mean_se(r["share"] for r in ok)[0],
                 "share_correct_se": mean_se(r["share"] for r in ok)[1],
                 "share_all": mean_se(r["share"] for r in recs)[0],
+                "share_haystack_correct": mean_se(r["share_haystack"] for r in ok)[0],
                 "share_digits_correct": mean_se(r["share_digits"] for r in ok)[0],
                 "share_answer_correct": mean_se(r["share_answer"] for r in ok)[0],
                 "majority_on_needle": mean_se(float(r["share"] > 0.5) for r in ok)[0],
@@ -167,6 +172,7 @@ def needle_grid(model, context_lengths=(128, 256, 512, 1024), depths=(0.0, 0.25,
                         "accuracy": mean_se(float(r["correct"]) for r in cell)[0],
                         "share_correct": mean_se(r["share"] for r in cell if r["correct"])[0],
                         "share_all": mean_se(r["share"] for r in cell)[0],
+                        "share_haystack_correct": mean_se(r["share_haystack"] for r in cell if r["correct"])[0],
                         "n": len(cell),
                     }
         return summary

@@ -177,7 +177,8 @@ def example(rng: random.Random, enc: Encoder, given: int = 0, **params) -> Examp
         text=" ".join(b["words"]),
         meta=dict(depth=b["depth"], context_length=len(ids), code="".join(b["code"]), given=given,
                   needle_start=spans[n0][0], needle_end=spans[n0 + len(NEEDLE_KEY) + CODE_LENGTH - 1][1],
-                  answer_position=spans[digit_words[given]][0], distractor_positions=distractors),
+                  answer_position=spans[digit_words[given]][0], distractor_positions=distractors,
+                  question_start=spans[b["question_word0"]][0]),
     )
 
 
