@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import torch
 
 from . import backends
-from .architectures import architecture_of, eval_mode, input_gradients_only
+from .architectures import architecture_of, eval_mode, input_gradients_only, lrp_mode
 from .explanation import Explanation
 from .methods import METHODS, Query, method_info, resolve_method
 from .numerics import resolve_precision
@@ -224,7 +224,8 @@ def _greedy(model, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor
     """Greedy continuation (full forward per step: simple, exact, fine for short outputs)."""
     ids = input_ids.long().cpu()
     dev = next(model.parameters()).device
-    with eval_mode(model):
+    # the package's forward (rules off: true values), never transformers' kernel dispatch
+    with eval_mode(model), lrp_mode(model, Rules.none()):
         for _ in range(max_new_tokens):
             nxt = model(input_ids=ids[None].to(dev), use_cache=False).logits[0, -1].argmax()
             ids = torch.cat([ids, nxt.cpu().view(1)])

@@ -8,11 +8,10 @@ installed, also for a model on the CPU, and it is slower on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import torch
-
-import contextlib
 
 from ..architectures import architecture_of, eval_mode, lrp_mode
 from ..rules import Rules

@@ -7,6 +7,7 @@ from functools import lru_cache
 import ipywidgets as W
 
 from ..api import explain
+from ..evaluation.forward import logits_at
 from ..tasks import swap_gender
 from ..viz.html import token_heatmap
 from .base import Explorer, label_of, new_figure, token_text
@@ -42,7 +43,7 @@ def bias_explorer(model, tokenizer, examples, method: str = "mambalrp", figures_
             ax.bar(range(len(toks)), r.numpy(), color=["#e76f51" if j in marked else "#555" for j in range(len(toks))])
             ax.axhline(0, color="black", lw=0.6)
             ax.set_xticks(range(len(toks)), toks, rotation=90, fontsize=7)
-            p = float(model(ex.input_ids[None]).logits[0, -1].softmax(-1)[int(ex.target)])
+            p = float(logits_at(model, ex.input_ids[None])[0].softmax(-1)[int(ex.target)])
             head = f"{which} ({(ex.meta or {}).get('gender', '?')}): p({occupation.value}) = {p:.2f}"
             ax.set_title(head + "  (gendered words in orange)", fontsize=9)
             ax.set_ylabel("relevance")

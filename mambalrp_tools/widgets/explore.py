@@ -8,7 +8,7 @@ import ipywidgets as W
 import torch
 
 from ..api import explain
-from ..evaluation.common import output_logits
+from ..evaluation.forward import logits_at
 from ..methods import list_methods
 from ..viz.html import token_heatmap
 from .base import Explorer, label_of, new_figure, token_text
@@ -46,7 +46,7 @@ def explore(model, tokenizer, text: str = "", methods=("mambalrp", "gradient_x_i
         ids = torch.tensor([tokenizer(text)["input_ids"]])
         if ids.shape[1] == 0:
             raise ValueError("type a text first")
-        p = output_logits(model, ids).softmax(-1)[0]
+        p = logits_at(model, ids).softmax(-1)[0]
         vals, idx = p.topk(min(5, p.numel()))
         return [(f"{label_of(tokenizer, model, int(i))}  p={float(v):.2f}", int(i)) for v, i in zip(vals, idx)]
 
