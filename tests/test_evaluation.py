@@ -647,7 +647,9 @@ DIST_SCRIPT = textwrap.dedent("""
     import mambalrp_tools as mlt
     from mambalrp_tools import evaluation as ev, tasks
     torch.set_num_threads(1)
-    out, n, methods = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
+    out, n, methods, group = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(","), sys.argv[4]
+    if group == "caller":  # the caller sets up the process group; else the analysis joins the launcher's
+        torch.distributed.init_process_group("gloo")
     model, tok = mlt.load_model("toy/sentiment")
     res = ev.faithfulness(model, tasks.load("sentiment", n, 0), methods, steps=4, tokenizer=tok, out=out,
                           progress=False)
@@ -663,7 +665,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _launch(world_size, out, n, methods):
+def _launch(world_size, out, n, methods, group="launcher"):
     """What torchrun does for CPU processes: RANK / WORLD_SIZE / MASTER_* in each process' environment."""
     port = _free_port()
     procs = []
@@ -671,7 +673,7 @@ def _launch(world_size, out, n, methods):
         env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "RANK": str(rank),
                "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": str(port)}
-        procs.append(subprocess.Popen([sys.executable, "-c", DIST_SCRIPT, str(out), str(n), methods], env=env,
+        procs.append(subprocess.Popen([sys.executable, "-c", DIST_SCRIPT, str(out), str(n), methods, group], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       start_new_session=True))
     return procs
@@ -706,9 +708,10 @@ def one_process_reference(tmp_path_factory):
 
 
 @pytest.mark.timeout(400)
-def test_two_gloo_processes_give_the_records_and_summary_of_one(one_process_reference, tmp_path):
+@pytest.mark.parametrize("group", ["launcher", "caller"])  # launcher: Accelerate's PartialState if installed
+def test_two_gloo_processes_give_the_records_and_summary_of_one(one_process_reference, tmp_path, group):
     out = tmp_path / "run"
-    procs = _launch(2, out, 10, "mambalrp,gi")
+    procs = _launch(2, out, 10, "mambalrp,gi", group)
     results = [p.communicate(timeout=380) for p in procs]
     for p, (stdout, stderr) in zip(procs, results):
         assert p.returncode == 0, stderr
