@@ -44,7 +44,7 @@ def main():
                "--threads", "1", "--quiet", "--no-figures"]
         one = timed([sys.executable, "-m", "mambalrp_tools.cli", *run, "--out", f"{tmp}/one"], env)
         many = timed([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.procs}",
-                      "-m", "mambalrp_tools.cli", *run, "--out", f"{tmp}/many"], env)
+                      "-m", "mambalrp_tools.cli", "--", *run, "--out", f"{tmp}/many"], env)
         a = {(json.dumps(r["sample"]), r["method"]): r["delta_af"] for r in read_records(f"{tmp}/one")}
         b = {(json.dumps(r["sample"]), r["method"]): r["delta_af"] for r in read_records(f"{tmp}/many")}
         same = a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(a[k])) for k in a)

@@ -127,6 +127,13 @@ class Run:
 
     # ------------------------------------------------------------------ opening
     def _open(self, overwrite: bool, info: dict):
+        try:
+            self._join(overwrite, info)
+        except BaseException:
+            self.close()  # no lock file left behind, whatever interrupted the opening
+            raise
+
+    def _join(self, overwrite: bool, info: dict):
         error = None
         if self.world.main:
             try:
@@ -141,7 +148,6 @@ class Run:
             if box[0] is not None and error is None:
                 error = (RunLocked if box[0][0] == "RunLocked" else RunMismatch)(box[0][1])
         if error is not None:
-            self.close()
             raise error
         self._load_records()
         self.world.barrier()  # every rank has read the same records before any rank appends
