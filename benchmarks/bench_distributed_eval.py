@@ -39,6 +39,7 @@ def main():
     sys.path.insert(0, str(ROOT))
     from mambalrp_tools.evaluation.runs import read_records
 
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         run = ["evaluate", "faithfulness", "--model", "toy/sentiment", "--methods", METHODS, "--n", str(args.n),
                "--threads", "1", "--quiet", "--no-figures"]
@@ -52,7 +53,11 @@ def main():
               "processes": args.procs, "seconds_1_process": round(one, 1), f"seconds_{args.procs}_processes":
               round(many, 1), "speedup": round(one / many, 2), "same_records": same, "cpus": os.cpu_count(),
               "machine": platform.processor() or platform.machine(),
-              "note": "wall clock including process start-up and model loading; one run each"}
+              "load_average_1_5_15_min_before": [round(v, 1) for v in load_before],
+              "load_average_1_5_15_min_after": [round(v, 1) for v in os.getloadavg()],
+              "note": "wall clock including process start-up and model loading; one run each, on a machine "
+                      "shared with other jobs (see the load averages): more processes also win a larger "
+                      "share of a contended CPU"}
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
