@@ -95,8 +95,10 @@ def _shared_options(p, name):
     if name != "needle":
         p.add_argument("--task", default=None,
                        help="task name for tasks.load, or a .jsonl file of examples (default: the toy model's task)")
-    p.add_argument("--n", type=int, default=100, help="examples" + (" per grid cell" if name == "needle" else "")
-                   + " (default: 100)")
+    # needle_grid draws its own examples: its n is the library's default; elsewhere n is the task draw's
+    n = inspect.signature(analysis_function(name)).parameters["n"].default if name == "needle" else 100
+    p.add_argument("--n", type=int, default=n, help="examples" + (" per grid cell" if name == "needle" else "")
+                   + f" (default: {n})")
     p.add_argument("--seed", type=int, default=0, help="seed of the examples (default: 0)")
     p.add_argument("--task-param", action="append", default=[], metavar="KEY=VALUE",
                    help="passed to the task generator (repeatable)")
