@@ -141,6 +141,8 @@ def test_each_analysis_offers_exactly_its_own_options_with_the_library_defaults(
                     and (p.name not in ecli.SUPPLIED or (name, p.name) in ecli.RENAMED)
                     and (name, p.name) not in ecli.UNUSED}
         assert offered == expected, name
+    n_default = next(a.default for a in analyses["needle"]._actions if a.dest == "n")
+    assert n_default == inspect.signature(ecli.analysis_function("needle")).parameters["n"].default
     # a flag another analysis has is refused, not ignored
     with pytest.raises(SystemExit):
         build_parser("evaluate").parse_args(["evaluate", "conservation", "--model", "m", "--out", "o",
