@@ -252,10 +252,9 @@ def _as_batch(input_ids, attention_mask, tokenizer):
         _warn_unknown_words(tokenizer, texts, rows)
         if any(len(r) == 0 for r in rows):
             raise ValueError("a text tokenized to an empty sequence; nothing to explain")
-        width = max(len(r) for r in rows)
-        pad = next((p for p in (tokenizer.pad_token_id, tokenizer.eos_token_id) if p is not None), 0)
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        from .tasks.padding import left_pad, pad_id
+
+        ids, mask = left_pad(rows, pad_id(tokenizer))
         if attention_mask is not None:
             raise ValueError("attention_mask is built from the texts; pass token ids to give your own")
         return ids, (None if bool(mask.all()) else mask)

@@ -111,7 +111,7 @@ def add_parser(sub):
                    help="a method of mlt.list_methods(), with options as in evaluate: mambalrp:-ssm, ig:n_steps=20 "
                         "(default: mambalrp)")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--target", default=None, help="the token to explain, as text (default: the prediction)")
+    which.add_argument("--target", default=None, help="the token (a classifier: the class label) to explain (default: the prediction)")
     which.add_argument("--target-id", type=int, default=None, help="the token (or class) to explain, by id")
     p.add_argument("--contrast", default=None, help="explain logit[target] - logit[contrast] (a token as text)")
     p.add_argument("--device", default=None)
@@ -130,6 +130,15 @@ def explain_report(model, tokenizer, text, method="mambalrp", target=None, contr
     from .evaluation.specs import parse_method
 
     spec = parse_method(method)
+    n_out = model.get_output_embeddings().weight.shape[0]
+    classes = n_out != model.get_input_embeddings().weight.shape[0]  # a classifier's head
+    labels = {int(k): v for k, v in (getattr(model.config, "id2label", None) or {}).items()}
+    by_name = {str(v): k for k, v in labels.items()}
+    if classes:  # a class is named by its label, not by a vocabulary word
+        for name in (target, contrast):
+            if isinstance(name, str) and name not in by_name:
+                raise ValueError(f"{name!r} is not a class of this classifier; its classes are {list(by_name)}")
+        target, contrast = (by_name[v] if isinstance(v, str) else v for v in (target, contrast))
     expl = explain(model, text, target=target, contrast=contrast, tokenizer=tokenizer, method=spec.name,
                    **spec.kwargs)
     logits = logits_at(model, expl.input_ids, expl.position, expl.attention_mask)[0]
@@ -139,6 +148,9 @@ def explain_report(model, tokenizer, text, method="mambalrp", target=None, contr
     def decode(i):
         return tokenizer.convert_ids_to_tokens([int(i)])[0] if tokenizer is not None else str(int(i))
 
+    def output(i):
+        return str(labels.get(int(i), int(i))) if classes else decode(i)
+
     order = torch.argsort(logits, descending=True)[:top]
     rel = expl.relevance[0]
     tokens = expl.tokens[0] if expl.tokens else [decode(i) for i in expl.input_ids[0]]
@@ -146,10 +158,10 @@ def explain_report(model, tokenizer, text, method="mambalrp", target=None, contr
     err = None if err is None else float(err[0])
     return {
         "model": getattr(model.config, "_name_or_path", None), "method": spec.label, "text": text,
-        "position": expl.position, "predicted": decode(int(order[0])), "target": decode(tgt), "target_id": tgt,
-        "contrast": None if expl.contrast is None else decode(int(expl.contrast[0])),
+        "position": expl.position, "predicted": output(order[0]), "target": output(tgt), "target_id": tgt,
+        "contrast": None if expl.contrast is None else output(expl.contrast[0]),
         "explained": float(expl.logit[0]), "logit": float(logits[tgt]), "probability": float(probs[tgt]),
-        "top": [{"token": decode(i), "id": int(i), "logit": float(logits[i]), "probability": float(probs[i])}
+        "top": [{"token": output(i), "id": int(i), "logit": float(logits[i]), "probability": float(probs[i])}
                 for i in order],
         "sum_relevance": float(rel.double().sum()), "conservation_error": err,
         "relevance": [{"token": t, "relevance": float(r)} for t, r in zip(tokens, rel.tolist())],

@@ -141,6 +141,8 @@ def test_each_analysis_offers_exactly_its_own_options_with_the_library_defaults(
                     and (p.name not in ecli.SUPPLIED or (name, p.name) in ecli.RENAMED)
                     and (name, p.name) not in ecli.UNUSED}
         assert offered == expected, name
+    n_default = next(a.default for a in analyses["needle"]._actions if a.dest == "n")
+    assert n_default == inspect.signature(ecli.analysis_function("needle")).parameters["n"].default
     # a flag another analysis has is refused, not ignored
     with pytest.raises(SystemExit):
         build_parser("evaluate").parse_args(["evaluate", "conservation", "--model", "m", "--out", "o",
@@ -162,3 +164,13 @@ def test_evaluate_prints_a_table_and_the_run_folder_and_leaves_no_lock(tmp_path,
     assert main(argv[:-4] + ["--n", "4", "--out", str(out), "--quiet", "--no-figures"]) == 2
     assert "belongs to a different evaluation" in capsys.readouterr().err
     assert not (out / ".lock").exists()
+
+
+@pytest.mark.timeout(120)
+def test_explain_a_classifier_names_its_classes(capsys):
+    assert main(["explain", "--json", "--model", "toy/sentiment", "--target", "negative", "the movie was great"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["target"] == "negative" and {t["token"] for t in report["top"]} == {"negative", "positive"}
+    assert sum(t["probability"] for t in report["top"]) == pytest.approx(1.0)
+    assert main(["explain", "--model", "toy/sentiment", "--target", "bad", "the movie"]) == 2
+    assert "not a class of this classifier" in capsys.readouterr().err

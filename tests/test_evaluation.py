@@ -642,3 +642,116 @@ def test_evaluation_of_cpu_model_where_mamba_ssm_is_installed(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "all analyses ran" in proc.stdout
+
+
+# ------------------------------------------------------------------ data-parallel (torchrun-style, gloo)
+
+DIST_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import torch
+    import mambalrp_tools as mlt
+    from mambalrp_tools import evaluation as ev, tasks
+    torch.set_num_threads(1)
+    out, n, methods, group = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(","), sys.argv[4]
+    if group == "caller":  # the caller sets up the process group; else the analysis joins the launcher's
+        torch.distributed.init_process_group("gloo")
+    model, tok = mlt.load_model("toy/sentiment")
+    res = ev.faithfulness(model, tasks.load("sentiment", n, 0), methods, steps=4, tokenizer=tok, out=out,
+                          progress=False)
+    print(json.dumps({"n_records": len(res.records), "summary": res.summary}))
+""")
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(world_size, out, n, methods, group="launcher"):
+    """What torchrun does for CPU processes: RANK / WORLD_SIZE / MASTER_* in each process' environment."""
+    port = _free_port()
+    procs = []
+    for rank in range(world_size):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "RANK": str(rank),
+               "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, "-c", DIST_SCRIPT, str(out), str(n), methods, group], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      start_new_session=True))
+    return procs
+
+
+def _by_key(records):
+    keys = [(json.dumps(r["sample"]), r["method"]) for r in records]
+    assert len(keys) == len(set(keys)), "a (sample, method) record twice"
+    return dict(zip(keys, records))
+
+
+def _same_records(a, b):
+    a, b = _by_key(a), _by_key(b)
+    assert a.keys() == b.keys()
+    for key in a:
+        for field, value in a[key].items():
+            other = b[key][field]
+            if isinstance(value, float) or (isinstance(value, list) and value and isinstance(value[0], float)):
+                assert other == pytest.approx(value, rel=1e-5, abs=1e-6), (key, field)
+            else:
+                assert other == value, (key, field)
+
+
+@pytest.fixture(scope="module")
+def one_process_reference(tmp_path_factory):
+    model, tok = mlt.load_model("toy/sentiment")
+    out = tmp_path_factory.mktemp("ref") / "run"
+    torch.set_num_threads(1)
+    res = ev.faithfulness(model, mlt.tasks.load("sentiment", 10, 0), ["mambalrp", "gi"], steps=4, tokenizer=tok,
+                          out=out, progress=False)
+    return res
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("group", ["launcher", "caller"])  # launcher: Accelerate's PartialState if installed
+def test_two_gloo_processes_give_the_records_and_summary_of_one(one_process_reference, tmp_path, group):
+    out = tmp_path / "run"
+    procs = _launch(2, out, 10, "mambalrp,gi", group)
+    results = [p.communicate(timeout=380) for p in procs]
+    for p, (stdout, stderr) in zip(procs, results):
+        assert p.returncode == 0, stderr
+    assert results[1][0].strip() and json.loads(results[1][0])["n_records"] == 20  # every rank gets the records
+    _same_records(runs.read_records(out), one_process_reference.records)
+    assert sorted(p.name for p in out.glob("records*.jsonl")) == ["records.jsonl"]  # rank files merged
+    summary = json.loads((out / runs.SUMMARY).read_text())
+    ref = one_process_reference.summary["methods"]
+    for method, row in summary["methods"].items():
+        for key, value in row.items():
+            assert value == pytest.approx(ref[method][key], rel=1e-5, abs=1e-6, nan_ok=True), (method, key)
+    assert not (out / ".lock").exists()
+
+
+@pytest.mark.timeout(500)
+def test_two_processes_killed_midway_then_finished_by_one(one_process_reference, tmp_path):
+    out = tmp_path / "run"
+    procs = _launch(2, out, 10, "mambalrp,gi")
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and (len(runs.read_records(out)) if out.exists() else 0) < 3:
+            if any(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.05)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    partial = runs.read_records(out)
+    assert 0 < len(partial) < 20, "the kill came too late to test resuming"
+    assert list(out.glob("records.rank*.jsonl"))  # each rank wrote its own file
+    model, tok = mlt.load_model("toy/sentiment")
+    res = ev.faithfulness(model, mlt.tasks.load("sentiment", 10, 0), ["mambalrp", "gi"], steps=4, tokenizer=tok,
+                          out=out, progress=False)  # the same run, now in one process
+    _same_records(res.records, one_process_reference.records)
+    _same_records(runs.read_records(out), one_process_reference.records)
+    assert not list(out.glob("records.rank*.jsonl"))

@@ -3,8 +3,8 @@
 Python blocks run in order in one namespace (as in one notebook); a line `expression  # -> value`
 states a result, checked with ==. Command lines: `mambalrp-tools explain ...  # explains 'X'` is run
 and must explain X; `evaluate` lines run on 2 examples into a temporary folder; lines that need a
-GPU, the network or minutes (install, train-toy, notebooks) are parsed, not run, for the reason
-given in their test id.
+GPU, the network or minutes (install, train-toy, notebooks, launchers) are parsed, not run, for the
+reason given in their test id.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ STATED = re.compile(r"#\s*->\s*(.+?)\s*$")
 
 
 def _kind(line: str) -> str:
+    if line.startswith(("torchrun ", "accelerate launch ")):
+        return "launcher (GPUs or minutes; tests/test_evaluation.py runs 2 gloo processes): CLI part parsed"
     if not line.startswith("mambalrp-tools "):
         return "install (needs the network and a new venv): bash -n only"
     cmd = shlex.split(line, comments=True)[1]
@@ -71,6 +73,12 @@ def test_command_lines(line, tmp_path, capsys):
     kind = _kind(line)
     if kind.startswith("install"):
         assert subprocess.run(["bash", "-n", "-c", line]).returncode == 0
+        return
+    if kind.startswith("launcher"):
+        words = shlex.split(line, comments=True)
+        argv = words[words.index("mambalrp_tools.cli") + 1:]
+        assert argv[0] == "--"  # else the launcher reads the evaluation's options (--n) as its own
+        build_parser(argv[1]).parse_args(argv[1:])
         return
     argv = shlex.split(line, comments=True)[1:]
     if kind != "run":

@@ -1,7 +1,8 @@
 """`mambalrp-tools evaluate ANALYSIS --model ID --out DIR [options]`: one subcommand per analysis.
 
 Each analysis' options are read from its function's signature (`evaluation.faithfulness`, ...), so
-the command line offers exactly what the library does, with the library's defaults. Examples come
+the command line offers exactly what the library does, with the library's defaults. Under torchrun or
+`accelerate launch` the processes share the work (see `evaluation.distributed`); rank 0 prints. Examples come
 from the toy model's task (or `--task`: a task name or a `.jsonl` file of examples); the run folder is
 resumed when it exists; the summary is printed as a table and the figures go to DIR/figures.
 """
@@ -94,8 +95,10 @@ def _shared_options(p, name):
     if name != "needle":
         p.add_argument("--task", default=None,
                        help="task name for tasks.load, or a .jsonl file of examples (default: the toy model's task)")
-    p.add_argument("--n", type=int, default=100, help="examples" + (" per grid cell" if name == "needle" else "")
-                   + " (default: 100)")
+    # needle_grid draws its own examples: its n is the library's default; elsewhere n is the task draw's
+    n = inspect.signature(analysis_function(name)).parameters["n"].default if name == "needle" else 100
+    p.add_argument("--n", type=int, default=n, help="examples" + (" per grid cell" if name == "needle" else "")
+                   + f" (default: {n})")
     p.add_argument("--seed", type=int, default=0, help="seed of the examples (default: 0)")
     p.add_argument("--task-param", action="append", default=[], metavar="KEY=VALUE",
                    help="passed to the task generator (repeatable)")
@@ -153,7 +156,9 @@ def run(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model, device=args.device, verbose=getattr(args, "verbose", False))
+    from .distributed import local_device, world
+
+    model, tokenizer = load_model(args.model, device=local_device(args.device), verbose=getattr(args, "verbose", False))
     fn = analysis_function(name)
     accepted = inspect.signature(fn).parameters
     kwargs = {param: getattr(args, f"opt_{param}") for param, *_ in analysis_options(name)}
@@ -176,6 +181,8 @@ def run(args) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if not world().main:  # under torchrun, rank 0 reports for all
+        return 0
     print_summary(result)
     if not args.no_figures:
         import matplotlib

@@ -6,14 +6,17 @@ records) and `summarize` (records -> summary), and `run_analysis` does the rest 
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from .runs import Run, examples_fingerprint, model_fingerprint, sample_key
+from .distributed import world as current_world
+from .runs import SUMMARY, Run, examples_fingerprint, model_fingerprint, sample_key
 from .specs import MethodSpec, parse_methods
 
 
@@ -84,24 +87,34 @@ def run_analysis(analysis: str, model, examples: Sequence, methods, compute: Com
     per_sample=True it is compute(sample, example, specs) -> one record per spec (each with its
     `method`), for analyses that share work across methods within a sample.
     fingerprint: the examples that identify the run (default: `examples`).
+
+    Under torchrun / `accelerate launch` (see `distributed`) the pending pairs are shared out by rank,
+    each rank writes its own records file, and rank 0 merges them and writes the summary; only rank
+    0 shows the progress bar (counting every rank's records).
     """
     specs = parse_methods(methods)
     samples = list(enumerate(examples)) if samples is None else samples
+    world = current_world()
     run = Run(out, {
         "analysis": analysis,
         "model": model_fingerprint(model, model_name),
         "examples": examples_fingerprint(examples if fingerprint is None else fingerprint),
         "methods": [s.describe() for s in specs],
         "params": params,
-    }, overwrite=overwrite, info={"n": len(examples), **(info or {})})
+    }, overwrite=overwrite, info={"n": len(examples), **(info or {})}, world=world)
     try:
         loop = _per_sample if per_sample else _per_method
         loop(run, samples, specs, compute, batch_size=batch_size, desc=analysis.replace("_", " "),
-             progress=progress)
+             progress=progress and world.main)
+        run.gather()
         labels = {s.label for s in specs}
         records = [r for r in run.records if r["method"] in labels]
-        summary = summarize(records, specs)
-        run.write_summary(summary)
+        if world.main:
+            summary = summarize(records, specs)
+            run.write_summary(summary)
+        world.barrier()
+        if not world.main:  # rank 0's summary: computed once
+            summary = json.loads((run.directory / SUMMARY).read_text())
     finally:
         run.close()
     return result(analysis, records, summary, run.directory, params)
@@ -114,34 +127,57 @@ def _per_method(run: Run, samples, specs, compute, *, batch_size, desc, progress
     change a number).
     """
     pending = run.pending([s for s, _ in samples], [s.label for s in specs])
+    mine = pending[run.world.rank::run.world.size]  # the same list on every rank: disjoint shares
     by_id = {sample_key(s): ex for s, ex in samples}
     total = len(samples) * len(specs)
-    bar = tqdm(total=total, initial=total - len(pending), desc=desc, disable=not progress, unit="expl")
+    bar = _Progress(run, total, total - len(pending), desc, progress, "expl")
     try:
         for spec in specs:
-            todo = [(s, by_id[sample_key(s)]) for s, m in pending if m == spec.label]
+            todo = [(s, by_id[sample_key(s)]) for s, m in mine if m == spec.label]
             for batch in _batches(todo, batch_size):
                 for rec in compute(batch, spec):
                     run.write({"sample": rec.pop("sample"), "method": spec.label, **rec})
-                    bar.update(1)
+                    bar.update()
     finally:
         bar.close()
 
 
 def _per_sample(run: Run, samples, specs, compute, *, batch_size, desc, progress):
     labels = [s.label for s in specs]
-    bar = tqdm(total=len(samples), desc=desc, disable=not progress, unit="sample")
+    pending = [(sid, ex) for sid, ex in samples if any(not run.done(sid, s.label) for s in specs)]
+    mine = pending[run.world.rank::run.world.size]
+    total = len(samples) * len(specs)
+    bar = _Progress(run, total, total - sum(not run.done(sid, s.label) for sid, _ in pending for s in specs),
+                    desc, progress, "expl")
     try:
-        for sid, ex in samples:
+        for sid, ex in mine:
             todo = [s for s in specs if not run.done(sid, s.label)]
-            if todo:
-                for rec in compute(sid, ex, todo):
-                    if rec["method"] not in labels:
-                        raise ValueError(f"compute returned a record for {rec['method']!r}, not one of {labels}")
-                    run.write({"sample": sid, **rec})
-            bar.update(1)
+            for rec in compute(sid, ex, todo):
+                if rec["method"] not in labels:
+                    raise ValueError(f"compute returned a record for {rec['method']!r}, not one of {labels}")
+                run.write({"sample": sid, **rec})
+                bar.update()
     finally:
         bar.close()
+
+
+class _Progress:
+    """A tqdm bar of records done; over several processes it counts every rank's records (rank 0's bar)."""
+
+    def __init__(self, run: Run, total: int, initial: int, desc: str, show: bool, unit: str):
+        self.run, self.last = run, 0.0
+        self.bar = tqdm(total=total, initial=initial, desc=desc, disable=not show, unit=unit)
+
+    def update(self):
+        if self.run.world.size == 1:
+            self.bar.update(1)
+        elif not self.bar.disable and time.monotonic() - self.last > 1.0:  # read the rank files once a second
+            self.last = time.monotonic()
+            self.bar.n = min(self.bar.total, self.run.records_on_disk())
+            self.bar.refresh()
+
+    def close(self):
+        self.bar.close()
 
 
 def _batches(items, batch_size: int):

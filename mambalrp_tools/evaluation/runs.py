@@ -7,7 +7,12 @@
   kill is not a record and is cut off before appending.
 - A folder whose manifest does not match the evaluation is refused unless `overwrite=True`;
   `overwrite=True` always starts the folder afresh (without it, a matching folder is resumed).
-- An exclusive lock stops two processes from writing one run.
+- An exclusive lock stops two evaluations from writing one run.
+- Data-parallel (torchrun / accelerate launch, see `distributed`): rank 0 checks the folder and writes
+  the manifest; each rank appends to its own `records.rank<R>.jsonl`, so no two writers share a file;
+  `gather()` has rank 0 append the rank files' records to `records.jsonl` and delete the rank files.
+  Records are keyed by (sample, method), never by rank, and every file is read on opening, so a run
+  resumes with any number of processes.
 - No pickle anywhere: JSON only.
 """
 
@@ -23,8 +28,11 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
+from .distributed import World
+
 MANIFEST = "manifest.json"
 RECORDS = "records.jsonl"
+RANK_RECORDS = "records.rank{}.jsonl"
 SUMMARY = "summary.json"
 LOCK = ".lock"
 #: manifest keys that must match for a folder to be resumed (the rest is information)
@@ -95,7 +103,9 @@ def examples_fingerprint(examples) -> str:
 class Run:
     """A run folder. `Run(None, ...)` keeps the records in memory only (no resume)."""
 
-    def __init__(self, directory, identity: dict, overwrite: bool = False, info: dict | None = None):
+    def __init__(self, directory, identity: dict, overwrite: bool = False, info: dict | None = None,
+                 world: World | None = None):
+        self.world = world or World()
         self.directory = None if directory is None else Path(directory)
         self.identity = canonical({k: identity.get(k) for k in IDENTITY_KEYS} | {
             k: v for k, v in identity.items() if k not in IDENTITY_KEYS})
@@ -104,11 +114,46 @@ class Run:
         self._fh = None
         self._lock = None
         if self.directory is None:
+            if self.world.size > 1:
+                raise ValueError("an evaluation over several processes needs a run folder (out=) they share")
             return
         self._open(overwrite, info or {})
 
+    @property
+    def records_path(self) -> Path:
+        """The file this process appends to."""
+        name = RECORDS if self.world.size == 1 else RANK_RECORDS.format(self.world.rank)
+        return self.directory / name
+
     # ------------------------------------------------------------------ opening
     def _open(self, overwrite: bool, info: dict):
+        try:
+            self._join(overwrite, info)
+        except BaseException:
+            self.close()  # no lock file left behind, whatever interrupted the opening
+            raise
+
+    def _join(self, overwrite: bool, info: dict):
+        error = None
+        if self.world.main:
+            try:
+                self._prepare(overwrite, info)
+            except (RunMismatch, RunLocked) as err:
+                error = err
+        if self.world.size > 1:  # the other ranks learn rank 0's verdict instead of waiting forever
+            import torch.distributed as dist
+
+            box = [None if error is None else (type(error).__name__, str(error))]
+            dist.broadcast_object_list(box, src=0)
+            if box[0] is not None and error is None:
+                error = (RunLocked if box[0][0] == "RunLocked" else RunMismatch)(box[0][1])
+        if error is not None:
+            raise error
+        self._load_records()
+        self.world.barrier()  # every rank has read the same records before any rank appends
+        self._fh = open(self.records_path, "a", encoding="utf-8")
+
+    def _prepare(self, overwrite: bool, info: dict):
         d = self.directory
         manifest_path = d / MANIFEST
         if d.exists() and not d.is_dir():
@@ -144,8 +189,6 @@ class Run:
             tmp = manifest_path.with_suffix(".tmp")
             tmp.write_text(canonical_json(manifest, indent=2))
             os.replace(tmp, manifest_path)  # atomic: never a half-written manifest
-        self._load_records()
-        self._fh = open(d / RECORDS, "a", encoding="utf-8")
 
     def _mismatch(self, existing) -> list[str]:
         if not isinstance(existing, dict):
@@ -181,24 +224,27 @@ class Run:
             fh.close()
         self._lock = fh
 
+    def _record_files(self) -> list[Path]:
+        return [self.directory / RECORDS, *sorted(self.directory.glob(RANK_RECORDS.format("*")))]
+
     def _load_records(self):
-        path = self.directory / RECORDS
-        if not path.exists():
-            return
-        with open(path, "rb+") as fh:
-            data = fh.read()
-            keep = data.rfind(b"\n") + 1
-            if keep < len(data):
-                # a torn line from a kill mid-write: not a record; cut it so appends stay line-aligned
-                fh.truncate(keep)
-                fh.flush()
-                os.fsync(fh.fileno())
-        for line in data[:keep].decode("utf-8").splitlines():
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            self.records.append(rec)
-            self._done.add(self.key(rec["sample"], rec["method"]))
+        own = self.records_path
+        if own.exists():
+            with open(own, "rb+") as fh:
+                data = fh.read()
+                keep = data.rfind(b"\n") + 1
+                if keep < len(data):
+                    # a torn line from a kill mid-write: not a record; cut it so appends stay line-aligned
+                    fh.truncate(keep)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        self.records, self._done = [], set()
+        for path in self._record_files():
+            for rec in _complete_records(path):  # another rank's torn line is not a record either
+                key = self.key(rec["sample"], rec["method"])
+                if key not in self._done:  # a rank file merged but not yet deleted when a run was killed
+                    self.records.append(rec)
+                    self._done.add(key)
 
     # ------------------------------------------------------------------ use
     @staticmethod
@@ -226,9 +272,44 @@ class Run:
         self.records.append(json.loads(line))
         self._done.add(key)
 
+    def records_on_disk(self) -> int:
+        """Complete records in all of the run's files (rank 0's progress bar counts every rank's)."""
+        if self.directory is None:
+            return len(self.records)
+        return sum(len(_complete_records(p)) for p in self._record_files())
+
+    def gather(self):
+        """After the loop: every rank has finished; rank 0 appends the rank files' records to
+        records.jsonl (existing lines untouched) and deletes the rank files; every rank then holds all
+        records. One process: the records of an earlier multi-process attempt are merged the same way."""
+        if self.directory is None:
+            return
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self.world.barrier()
+        if self.world.main:
+            main_path = self.directory / RECORDS
+            have = {self.key(r["sample"], r["method"]) for r in _complete_records(main_path)}
+            rank_files = [p for p in self._record_files() if p != main_path]
+            with open(main_path, "a", encoding="utf-8") as fh:
+                for path in rank_files:
+                    for rec in _complete_records(path):
+                        key = self.key(rec["sample"], rec["method"])
+                        if key not in have:
+                            fh.write(canonical_json(rec) + "\n")
+                            have.add(key)
+                fh.flush()
+                os.fsync(fh.fileno())
+            for path in rank_files:  # only once their records are durable in records.jsonl
+                path.unlink()
+        self.world.barrier()
+        self.records = _complete_records(self.directory / RECORDS)
+        self._done = {self.key(r["sample"], r["method"]) for r in self.records}
+
     def write_summary(self, summary) -> Path | None:
         """`summary.json`: derived from the records, so it is rewritten on every completion."""
-        if self.directory is None:
+        if self.directory is None or not self.world.main:
             return None
         path = self.directory / SUMMARY
         tmp = path.with_suffix(".tmp")
@@ -240,7 +321,7 @@ class Run:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-        if self._lock is not None:
+        if self._lock is not None:  # rank 0's
             try:
                 (self.directory / LOCK).unlink()  # while still holding it (see _acquire_lock)
             except FileNotFoundError:
@@ -266,9 +347,7 @@ def _short(value, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def read_records(directory) -> list[dict]:
-    """All complete records of a run folder (a torn last line is ignored)."""
-    path = Path(directory) / RECORDS
+def _complete_records(path: Path) -> list[dict]:
     if not path.exists():
         return []
     out = []
@@ -276,4 +355,18 @@ def read_records(directory) -> list[dict]:
         for line in fh:
             if line.endswith("\n") and line.strip():
                 out.append(json.loads(line))
+    return out
+
+
+def read_records(directory) -> list[dict]:
+    """All complete records of a run folder (a torn last line is ignored), also those of ranks not
+    merged yet, each (sample, method) once."""
+    d = Path(directory)
+    out, seen = [], set()
+    for path in [d / RECORDS, *sorted(d.glob(RANK_RECORDS.format("*")))]:
+        for rec in _complete_records(path):
+            key = Run.key(rec["sample"], rec["method"])
+            if key not in seen:
+                seen.add(key)
+                out.append(rec)
     return out
