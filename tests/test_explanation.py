@@ -296,7 +296,7 @@ def test_generation_saves_loads_and_renders(tmp_path, gen_expl):
     loaded = Explanation.load(gen_expl.save(tmp_path / "gen"))
     assert_same(loaded, gen_expl)
     page = gen_expl.to_html()
-    assert page.count("<div>target") == 3  # one heatmap row per output
+    assert page.count("class='mlt-heatmap'") == 3  # one heatmap per output
     assert page.count("<span") == 5 + 6 + 7  # output j is shown over its prefix
     ax = loaded.plot()
     image = ax.images[0].get_array()
