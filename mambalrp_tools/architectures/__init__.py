@@ -14,16 +14,17 @@ import torch
 
 from transformers.models.falcon_mamba.modeling_falcon_mamba import FalconMambaModel
 from transformers.models.mamba.modeling_mamba import MambaModel
+from transformers.models.mamba2.modeling_mamba2 import Mamba2Model
 
 from .. import backends
 from ..rules import Rules
-from . import mamba
+from . import mamba, mamba2
 
 # backbone class -> module that patches it
-ARCHITECTURES = {MambaModel: mamba, FalconMambaModel: mamba}
+ARCHITECTURES = {MambaModel: mamba, FalconMambaModel: mamba, Mamba2Model: mamba2}
 SUPPORTED = (
-    "transformers' MambaForCausalLM and FalconMambaForCausalLM, and mambalrp_tools' "
-    "MambaClassifier / FalconMambaClassifier (Mamba2ForCausalLM is planned)"
+    "transformers' MambaForCausalLM, FalconMambaForCausalLM and Mamba2ForCausalLM, and mambalrp_tools' "
+    "MambaClassifier / FalconMambaClassifier / Mamba2Classifier"
 )
 #: host memory that stored activations may take before layers are recomputed (checkpoint=None)
 CPU_ACTIVATION_BUDGET = 2 * 2**30
@@ -67,7 +68,7 @@ def lrp_mode(
     rules = Rules.of(rules)
     device = next(model.parameters()).device
     chosen = backends.resolve(backend, device, chunk_size)
-    checkpoint = _checkpoint_mode(checkpoint, seq_len, model, device)
+    checkpoint = _checkpoint_mode(checkpoint, seq_len, model, device, arch)
     installed = []
     try:
         for module, forward in arch.patches(model, rules, chosen, checkpoint):
@@ -116,19 +117,19 @@ def input_gradients_only(model):
             p.requires_grad_(flag)
 
 
-def _checkpoint_mode(checkpoint, seq_len, model, device) -> str | None:
+def _checkpoint_mode(checkpoint, seq_len, model, device, arch=mamba) -> str | None:
     if checkpoint is None:
-        checkpoint = _auto_checkpoint(seq_len, model.config, device)
+        checkpoint = _auto_checkpoint(seq_len, model.config, device, arch)
     mode = {False: None, True: "device", "device": "device", "cpu": "cpu"}.get(checkpoint, "invalid")
     if mode == "invalid":
         raise ValueError(f"checkpoint must be None, True, False, 'device' or 'cpu', got {checkpoint!r}")
     return mode
 
 
-def _auto_checkpoint(seq_len, config, device):
+def _auto_checkpoint(seq_len, config, device, arch=mamba):
     """Recompute layers only when storing every layer's activations would not fit comfortably.
 
-    Autograd keeps about mamba.ACTIVATION_FLOATS x intermediate_size floats per token and layer;
+    Autograd keeps about arch.ACTIVATION_FLOATS x intermediate_size floats per token and layer;
     recomputation keeps one hidden_size vector per token and layer (`kept`: what decides "cpu" on a
     GPU, where the mamba-ssm kernels keep nothing else). The PyTorch scan under the ssm rule also
     keeps its output (intermediate_size floats) so that the recomputation skips the scan; on CPU
@@ -137,7 +138,8 @@ def _auto_checkpoint(seq_len, config, device):
     if seq_len is None:
         return False
     layers = config.num_hidden_layers
-    stored = seq_len * layers * mamba.ACTIVATION_FLOATS * config.intermediate_size * 4
+    width = getattr(config, "intermediate_size", None) or int(config.expand * config.hidden_size)  # Mamba-2: expand
+    stored = seq_len * layers * arch.ACTIVATION_FLOATS * width * 4
     kept = seq_len * layers * config.hidden_size * 4
     if device.type != "cuda":
         return stored > CPU_ACTIVATION_BUDGET and "device"

@@ -1,0 +1,167 @@
+"""Mamba-2 (transformers' `Mamba2Mixer`, SSD) with the MambaLRP rules.
+
+The same four ideas as Mamba-1 (`mamba.py`):
+- ssm rule: dt, exp(A dt), B and C are constants, so the SSD scan is linear in its input x;
+- silu rule: the SiLU after the causal convolution (over x, B and C) is a * [sigmoid(a)];
+- gate rule: y * SiLU(z) inside the gated RMSNorm passes half of the relevance to each factor,
+  and that norm's normaliser (per group of channels) is a constant;
+- norm rule: every other RMSNorm's normaliser is a constant.
+
+The norms and the block reuse Mamba-1's replacement forwards (same attributes, same arithmetic);
+the mixer forward here recomputes transformers' `Mamba2Mixer.forward` (torch path) in float32.
+The scan runs in `ssd.py` (PyTorch, chunked, cheap backward under the ssm rule) or, with
+backend "cuda", through mamba-ssm's `mamba_chunk_scan_combined`. The chunk size is the model's
+own `config.chunk_size` (the `chunk_size` of `lrp_mode` is Mamba-1's time chunk).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import rules as R
+from ..backends import Backend
+from ..ssd import kernel_ssd_scan, ssd_scan
+from . import mamba
+from .mamba import MixerState, _f32, _last_inputs, _mask
+
+#: floats per token, layer and inner channel that autograd keeps through one Mamba-2 layer (an upper
+#: estimate from the tensors the patched forward saves: in_proj output, conv output, its SiLU, the
+#: gate's factors and the norm's input and output, each ~intermediate_size wide)
+ACTIVATION_FLOATS = 10
+#: the causal convolution always runs in PyTorch (it can then continue from a history on any device)
+_TORCH = Backend("torch")
+
+
+def ssm_parameters(mixer, hidden_states, attention_mask, rules: R.Rules, conv_history=None):
+    """Everything the SSD scan of one layer consumes, float32, with the silu and ssm rules applied.
+
+    Returns x [b, T, h, p]; dt [b, T, h] (softplus'ed, clamped); A [h]; B, C [b, T, g, n]; D [h];
+    z [b, T, d_inner] (the gate's pre-activation); xBC [b, conv_dim, T] (the convolution's input).
+    """
+    b, T, _ = hidden_states.shape
+    h = _mask(R.upcast(hidden_states), attention_mask)
+    projected = F.linear(h, _f32(mixer.in_proj.weight), _f32(mixer.in_proj.bias))
+    z, xBC, dt = projected.split([mixer.intermediate_size, mixer.conv_dim, mixer.num_heads], dim=-1)
+    xBC = xBC.transpose(1, 2)
+    conv = _TORCH.conv1d(xBC, _f32(mixer.conv1d.weight), _f32(mixer.conv1d.bias), conv_history)
+    u = _mask(R.silu(conv, rules.silu).transpose(1, 2), attention_mask)
+    gn = mixer.n_groups * mixer.ssm_state_size
+    x, B, C = u.split([mixer.intermediate_size, gn, gn], dim=-1)
+    lo, hi = mixer.time_step_limit
+    dt = F.softplus(dt + _f32(mixer.dt_bias)).clamp(min=lo, max=hi)
+    A = -torch.exp(R.upcast(mixer.A_log))
+    B = B.reshape(b, T, mixer.n_groups, mixer.ssm_state_size)
+    C = C.reshape(b, T, mixer.n_groups, mixer.ssm_state_size)
+    if rules.ssm:  # A and D are weights; detaching them tells the scan only the path in x is needed
+        dt, A, B, C = dt.detach(), A.detach(), B.detach(), C.detach()
+    D = _f32(mixer.D).detach() if rules.ssm else _f32(mixer.D)
+    x = x.reshape(b, T, mixer.num_heads, mixer.head_dim)
+    return x, dt, A, B, C, D, z, xBC
+
+
+def gated_norm(norm, y, z, rules: R.Rules):
+    """transformers' `MambaRMSNormGated`: RMS-normalise y * SiLU(z) per group of channels, times weight
+    (gate rule on the product, silu rule on SiLU(z), norm rule on the normaliser)."""
+    g = R.gate(y, R.silu(z, rules.silu), rules.gate)
+    grouped = g.unflatten(-1, (-1, norm.group_size))
+    normed = R.rms_norm(grouped, None, norm.variance_epsilon, rules.norm).flatten(-2)
+    return normed * R.upcast(norm.weight)
+
+
+def scan(x, dt, A, B, C, D, chunk_size, backend: Backend, initial_state=None):
+    """(y [b, T, h, p], last state [b, h, p, n]) on the PyTorch or the CUDA (mamba-ssm) path."""
+    run = kernel_ssd_scan if backend.name == "cuda" else ssd_scan
+    return run(x, dt, A, B, C, D, chunk_size=chunk_size, initial_state=initial_state, return_last_state=True)
+
+
+def mixer_core(mixer, hidden_states, attention_mask, rules: R.Rules, backend: Backend,
+               state: MixerState | None = None):
+    """One Mamba-2 mixer: [b, T, hidden] -> ([b, T, hidden] float32, MixerState to continue from)."""
+    x, dt, A, B, C, D, z, xBC = ssm_parameters(mixer, hidden_states, attention_mask, rules,
+                                               None if state is None else state.conv)
+    y, last = scan(x, dt, A, B, C, D, mixer.chunk_size, backend, None if state is None else state.ssm)
+    g = gated_norm(mixer.norm, y.flatten(2), z, rules)
+    out = F.linear(g, _f32(mixer.out_proj.weight), _f32(mixer.out_proj.bias))
+    history = None if state is None else state.conv
+    return out, MixerState(_last_inputs(xBC, history, mixer.conv_kernel_size), last)
+
+
+def mixer_forward(mixer, rules: R.Rules, backend: Backend):
+    """Replacement for `Mamba2Mixer.forward`; a cached (generation) call keeps transformers' path.
+    With `return_state=True` it returns (output, `MixerState`) and continues from `state`."""
+    original = type(mixer).forward
+
+    def forward(hidden_states, cache=None, attention_mask=None, cache_params=None, memo=None, state=None,
+                return_state=False, **kwargs):
+        cache = cache if cache is not None else cache_params
+        if cache is not None:
+            return original(mixer, hidden_states, cache, attention_mask=attention_mask, **kwargs)
+        out, state = mixer_core(mixer, hidden_states, attention_mask, rules, backend, state)
+        return (out, state) if return_state else out
+
+    return forward
+
+
+def patches(model, rules: R.Rules, backend: Backend, checkpoint: str | None):
+    """(module, replacement forward) for every module of a Mamba-2 backbone."""
+    backbone = model.base_model
+    yield backbone, mamba.backbone_forward(backbone)
+    # the block recomputes in pieces carrying (conv history, scan state) on every backend here
+    block_backend = Backend("torch", backend.chunk_size)
+    slabs = mamba.HostSlabs()
+    for block in backbone.layers:
+        yield block, mamba.block_forward(block, rules, block_backend, checkpoint, slabs)
+        yield block.norm, mamba.norm_forward(block.norm, rules)
+        yield block.mixer, mixer_forward(block.mixer, rules, backend)
+    yield backbone.norm_f, mamba.norm_forward(backbone.norm_f, rules)
+
+
+# --------------------------------------------------------------------------- hidden attention
+
+class LayerAttention:
+    """Hidden attention of one Mamba-2 layer: with a scalar decay per head,
+
+        alpha_h[t, s] = exp(A_h (S_t - S_s)) dt_s (C_t . B_s),   S_t = dt_1 + ... + dt_t (head h),
+
+    so that y_t - D x_t = sum_{s<=t} alpha_h[t, s] x_s for every channel of head h. The layer's
+    attention is alpha averaged over heads (= over channels, since a head's channels share it).
+    Computed a block of rows at a time: O(heads x rows x T) memory per block.
+    """
+
+    def __init__(self, mixer, hidden_states, attention_mask=None):
+        with torch.no_grad():
+            x, dt, A, B, C, D, _, _ = ssm_parameters(mixer, hidden_states, attention_mask, R.Rules.none())
+        self.x, self.dt, self.A, self.B, self.C, self.D = x, dt, A, B, C, D
+        self.S = dt.double().cumsum(1)  # float64: differences of a long cumulative sum stay precise
+        self.mask = attention_mask
+        self.heads_per_group = x.shape[2] // B.shape[2]
+
+    @property
+    def seq_len(self) -> int:
+        return self.dt.shape[1]
+
+    def head_rows(self, t0, t1):
+        """alpha_h[:, t0:t1, :t1] per head: [b, h, t1 - t0, t1] (signed; padded columns zeroed)."""
+        r = self.heads_per_group
+        scores = torch.einsum("btgn,bsgn->bgts", self.C[:, t0:t1], self.B[:, :t1])
+        scores = scores.repeat_interleave(r, dim=1)  # [b, h, L, t1]
+        dS = self.S[:, t0:t1, None, :] - self.S[:, None, :t1, :]  # [b, L, t1, h]
+        causal = torch.arange(t0, t1, device=dS.device)[:, None] >= torch.arange(t1, device=dS.device)
+        decay = (dS.clamp(min=0).to(self.dt.dtype) * self.A).exp().permute(0, 3, 1, 2)
+        alpha = scores * decay * self.dt[:, :t1].transpose(1, 2)[:, :, None, :] * causal
+        if self.mask is not None:
+            alpha = alpha * self.mask[:, None, None, :t1].to(alpha.dtype)
+        return alpha
+
+    def rows(self, t0, t1):
+        """alpha[:, t0:t1, :t1] averaged over heads: [b, t1 - t0, t1]."""
+        return self.head_rows(t0, t1).mean(1)
+
+    def row_blocks(self, end: int, block: int | None = None):
+        """(t0, t1, alpha[:, t0:t1, :t1]) for row blocks covering [0, end)."""
+        if block is None:  # about 32 MiB per [b, h, rows, T] temporary
+            block = max(1, min(512, (1 << 23) // max(1, self.x.shape[0] * self.x.shape[2] * end)))
+        for t0 in range(0, end, block):
+            t1 = min(t0 + block, end)
+            yield t0, t1, self.rows(t0, t1)
