@@ -141,6 +141,10 @@ class LayerAttention:
     def seq_len(self) -> int:
         return self.dt.shape[1]
 
+    @property
+    def batch(self) -> int:
+        return self.dt.shape[0]
+
     def head_rows(self, t0, t1):
         """alpha_h[:, t0:t1, :t1] per head: [b, h, t1 - t0, t1] (signed; padded columns zeroed)."""
         r = self.heads_per_group

@@ -32,7 +32,7 @@ from typing import Iterator
 import torch
 
 from .. import backends
-from ..architectures import eval_mode
+from ..architectures import architecture_of, eval_mode, mamba2
 from ..architectures.mamba import selective_parameters
 from ..rules import Rules
 from .base import Query, register
@@ -71,6 +71,17 @@ class LayerSSM:
 
     def to(self, dtype) -> "LayerSSM":
         return LayerSSM(*(t.to(dtype) for t in (self.u, self.delta, self.A, self.B, self.C, self.D)), self.mask)
+
+    @property
+    def seq_len(self) -> int:
+        return self.delta.shape[-1]
+
+    @property
+    def batch(self) -> int:
+        return self.delta.shape[0]
+
+    def row_blocks(self, end: int, block: int | None = None, budget: int = BUDGET, leaf: int = LEAF):
+        return _Tiler(self, budget, leaf).row_blocks(end, block)
 
 
 class _Tiler:
@@ -207,15 +218,25 @@ def attention_rows(layer: LayerSSM, t0: int, t1: int, budget: int = BUDGET, leaf
 
 def attention_matrix(layer: LayerSSM, budget: int = BUDGET, leaf: int = LEAF) -> torch.Tensor:
     """The full [b, T, T] hidden attention of one layer (signed, channel-averaged, lower triangular)."""
-    T = layer.delta.shape[-1]
-    out = layer.delta.new_zeros(layer.delta.shape[0], T, T)
-    for t0, t1, rows in _Tiler(layer, budget, leaf).row_blocks(T):
+    T = layer.seq_len
+    out = None
+    for t0, t1, rows in _row_blocks(layer, T, None, budget, leaf):
+        out = rows.new_zeros(rows.shape[0], T, T) if out is None else out
         out[:, t0:t1, :t1] = rows
     return out
 
 
+def _row_blocks(layer, end, block, budget, leaf):
+    """(t0, t1, rows) of a layer's hidden attention: a Mamba-1 `LayerSSM` (tiled, budget and leaf
+    apply) or a Mamba-2 `mamba2.LayerAttention` (a block of rows at a time)."""
+    if isinstance(layer, LayerSSM):
+        return layer.row_blocks(end, block, budget, leaf)
+    return layer.row_blocks(end, block)
+
+
 def capture_layers(query, grad: bool = False):
-    """Run the model once (true values) and return each layer's `LayerSSM`.
+    """Run the model once (true values) and return each layer's `LayerSSM` (Mamba-2:
+    `mamba2.LayerAttention`).
 
     With grad=True (needs `query.target`) also returns df/d(block output) per layer [b, T, hidden]:
     block l's output is its input plus its mixer's output, so this is the gradient of f w.r.t. the
@@ -249,7 +270,8 @@ def capture_layers(query, grad: bool = False):
             h.remove()
     if len(inputs) != len(mixers):
         raise RuntimeError(f"captured {len(inputs)} mixer calls for {len(mixers)} layers")
-    layers = [LayerSSM.of(m, h, mask) for m, h, mask in inputs]
+    of = mamba2.LayerAttention if architecture_of(query.model) is mamba2 else LayerSSM.of
+    layers = [of(m, h, mask) for m, h, mask in inputs]
     return (layers, [g.detach() for g in grads]) if grad else layers
 
 
@@ -275,14 +297,14 @@ def rollout_row(layers: list[LayerSSM], position: int, column_weights=None, bloc
     column_weights: optional per layer [b, T] factors multiplied into the columns of |alpha_l| (mamba_attr).
     Computed as r <- r @ Ahat_l, one block of rows of Ahat_l at a time; only positions <= `position` matter.
     """
-    b, _, T = layers[0].delta.shape
+    b, T = layers[0].batch, layers[0].seq_len
     p = position % T
-    r = layers[0].delta.new_zeros(b, p + 1)
+    r = layers[0].A.new_zeros(b, p + 1)
     r[:, p] = 1
     for i in reversed(range(len(layers))):
         weight = None if column_weights is None else column_weights[i]
         new = torch.zeros_like(r)
-        for t0, t1, rows in _Tiler(layers[i], budget, leaf).row_blocks(p + 1, block):
+        for t0, t1, rows in _row_blocks(layers[i], p + 1, block, budget, leaf):
             coeff = r[:, t0:t1]
             if not bool(coeff.any()):
                 continue  # rows nothing flows through (e.g. padding)
@@ -331,5 +353,5 @@ def mamba_attr(query, block: int | None = None):
         lo = w.masked_fill(~valid, float("inf")).amin(-1, keepdim=True)
         hi = w.masked_fill(~valid, float("-inf")).amax(-1, keepdim=True)
         w = ((w - lo) / (hi - lo).clamp(min=torch.finfo(w.dtype).tiny)).clamp(0, 1) * valid
-        weights.append(w.to(layers[0].delta.dtype))
+        weights.append(w.to(layers[0].A.dtype))
     return rollout_row(layers, p, weights, block=block)
