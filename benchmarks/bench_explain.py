@@ -2,9 +2,12 @@
 
     python benchmarks/bench_explain.py                       # CPU: T = 256, 1024, 8192
     python benchmarks/bench_explain.py --device cuda --lengths 2048 32768 1048576
+    python benchmarks/bench_explain.py --arch mamba2 --lengths 1024  # Mamba-2 (SSD), mamba2-130m sized
 
 Model: MambaConfig(vocab 50280, hidden 768, 24 layers, intermediate 1536, state 16), random fp32
-weights (the size of state-spaces/mamba-130m). Every measurement runs in a fresh worker process,
+weights (the size of state-spaces/mamba-130m); with --arch mamba2: Mamba2Config(vocab 50280, hidden
+768, 24 layers, expand 2, 24 heads of head_dim 64, 1 group, state 128, chunk 256), the size of
+state-spaces/mamba2-130m. Every measurement runs in a fresh worker process,
 so each peak memory (process RSS on CPU, `max_memory_allocated` on GPU) is its own. Columns:
 
     explain/HF fwd    mlt.explain(method="mambalrp") / transformers' model(ids, logits_to_keep=1) under no_grad
@@ -25,24 +28,28 @@ import sys
 import time
 
 MODEL = dict(vocab_size=50280, hidden_size=768, num_hidden_layers=24, intermediate_size=1536, state_size=16)
+MODEL2 = dict(vocab_size=50280, hidden_size=768, num_hidden_layers=24, expand=2, num_heads=24, head_dim=64,
+              n_groups=1, state_size=128, chunk_size=256, use_bias=False, use_conv_bias=True)
 KINDS = ("hf_forward", "own_forward", "explain", "hf_gxi", "ig")
 
 
-def build(device):
+def build(device, arch="mamba"):
     import torch
-    from transformers import MambaConfig, MambaForCausalLM
+    from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
 
     torch.manual_seed(0)
+    if arch == "mamba2":
+        return Mamba2ForCausalLM(Mamba2Config(**MODEL2)).to(device).eval()
     return MambaForCausalLM(MambaConfig(**MODEL)).to(device).eval()
 
 
-def worker(kind: str, T: int, device: str, checkpoint: str | None) -> dict:
+def worker(kind: str, T: int, device: str, checkpoint: str | None, arch: str = "mamba") -> dict:
     """Run one measurement in this process; returns seconds and peak bytes."""
     import torch
 
     import mambalrp_tools as mlt
 
-    model = build(device)
+    model = build(device, arch)
     ids = torch.randint(0, MODEL["vocab_size"], (1, T), generator=torch.Generator().manual_seed(1)).to(device)
     ck = {"auto": None, "off": False}.get(checkpoint, checkpoint)
 
@@ -81,9 +88,9 @@ def worker(kind: str, T: int, device: str, checkpoint: str | None) -> dict:
     return {"seconds": sorted(times)[len(times) // 2], "peak_bytes": peak}
 
 
-def measure(kind, T, device, checkpoint, timeout):
+def measure(kind, T, device, checkpoint, timeout, arch="mamba"):
     cmd = [sys.executable, __file__, "--worker", kind, "--lengths", str(T), "--device", device,
-           "--checkpoint", checkpoint]
+           "--checkpoint", checkpoint, "--arch", arch]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -119,6 +126,7 @@ def versions() -> dict:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--arch", choices=("mamba", "mamba2"), default="mamba", help="Mamba-1 or Mamba-2 (SSD) model")
     p.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 8192])
     p.add_argument("--hf-grad-max", type=int,
                    help="longest T for transformers' GxI; default 256 on CPU (the backward of its per-step "
@@ -134,7 +142,7 @@ def main():
     if args.hf_grad_max is None:
         args.hf_grad_max = 65536 if args.device.startswith("cuda") else 256
     if args.worker:
-        print(json.dumps(worker(args.worker, args.lengths[0], args.device, args.checkpoint)))
+        print(json.dumps(worker(args.worker, args.lengths[0], args.device, args.checkpoint, args.arch)))
         return
 
     import torch
@@ -143,7 +151,7 @@ def main():
 
     backend = resolve("auto", torch.device(args.device)).name
     installed = versions()
-    print(f"# {machine(args.device)}; " + ", ".join(f"{k} {v}" for k, v in installed.items() if v)
+    print(f"# {args.arch}; {machine(args.device)}; " + ", ".join(f"{k} {v}" for k, v in installed.items() if v)
           + f"; backend {backend}")
     rows = []
     header = ("T", "explain s", "explain/HF fwd", "explain/own fwd", "explain/HF GxI", "IG/HF fwd",
@@ -154,7 +162,7 @@ def main():
         for kind in KINDS:
             skip = (kind == "hf_gxi" and T > args.hf_grad_max) or (kind == "ig" and T not in args.ig_lengths) or (
                 kind == "hf_forward" and T > args.hf_forward_max)
-            r[kind] = None if skip else measure(kind, T, args.device, args.checkpoint, args.timeout)
+            r[kind] = None if skip else measure(kind, T, args.device, args.checkpoint, args.timeout, args.arch)
         rows.append(r)
 
         def sec(k):
@@ -183,7 +191,7 @@ def main():
         print(f"# {where}: {err}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine(args.device), **installed, "backend": backend, "rows": rows}, f, indent=1)
+            json.dump({"arch": args.arch, "machine": machine(args.device), **installed, "backend": backend, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -68,25 +68,29 @@ def _core(u, a, B, C, s0, chunk):
     C = C.reshape(b, c, Q, g, n)
 
     cum = a.cumsum(2)  # [b, c, Q, g, r]: log decay from the chunk's start to step l
-    # intra-chunk decay exp(cum_l - cum_s) for s <= l; the acausal half is set to -inf before exp
-    diff = cum.permute(0, 1, 3, 4, 2)  # [b, c, g, r, Q]
-    diff = diff[..., :, None] - diff[..., None, :]  # [b, c, g, r, l, s]
+    # intra-chunk weights exp(cum_l - cum_s) (C_l . B_s) for s <= l, built in place (the largest
+    # tensor here, [b, c, g, r, Q, Q]); the acausal half is set to -inf before exp
+    lead = cum.permute(0, 1, 3, 4, 2)  # [b, c, g, r, Q]
+    weights = lead[..., :, None] - lead[..., None, :]  # [b, c, g, r, l, s]
     causal = torch.ones(Q, Q, dtype=torch.bool, device=u.device).tril()
-    L = diff.masked_fill(~causal, float("-inf")).exp()
-    scores = torch.einsum("bclgn,bcsgn->bcgls", C, B)  # C_l . B_s per group
-    y = torch.einsum("bcgrls,bcgls,bcsgrp->bclgrp", L, scores, u)
+    weights = weights.masked_fill_(~causal, float("-inf")).exp_()
+    scores = torch.einsum("bclgn,bcsgn->bcgls", C, B)[:, :, :, None]  # C_l . B_s per group
+    # in place unless autograd runs through here (exp's backward needs its output)
+    weights = weights * scores if torch.is_grad_enabled() else weights.mul_(scores)
+    y = torch.einsum("bcgrls,bcsgrp->bclgrp", weights, u)
+    del weights
 
     # each chunk's own contribution to the state at its end, then the states entering each chunk
-    to_end = (cum[:, :, -1:] - cum).exp()  # [b, c, Q, g, r]
-    chunk_states = torch.einsum("bclgn,bclgr,bclgrp->bcgrpn", B, to_end, u)
+    to_end = (cum[:, :, -1:] - cum).exp_()  # [b, c, Q, g, r]
+    chunk_states = torch.einsum("bclgn,bclgrp->bcgrpn", B, u * to_end[..., None])
     chunk_decay = cum[:, :, -1].exp()  # [b, c, g, r]
     s = s0.reshape(b, g, r, p, n)
     entering = []
     for k in range(c):
         entering.append(s)
-        s = chunk_decay[:, k, :, :, None, None] * s + chunk_states[:, k]
+        s = torch.addcmul(chunk_states[:, k], chunk_decay[:, k, :, :, None, None], s)
     entering = torch.stack(entering, dim=1)  # [b, c, g, r, p, n]
-    y = y + torch.einsum("bclgn,bcgrpn,bclgr->bclgrp", C, entering, cum.exp())
+    y = y.addcmul_(torch.einsum("bclgn,bcgrpn->bclgrp", C, entering), cum.exp_()[..., None])
     y = y.reshape(b, c * Q, h, p)[:, :T]
     return y, s.reshape(b, h, p, n)
 

@@ -124,15 +124,18 @@ def rel_max_diff(a, b):
 def test_mambalrp_conserves(groups, heads, chunk, length):
     model = mamba2_model(heads * 10 + groups, heads, groups, chunk)
     ids = ids_for(chunk, 2, length)
-    expl = mlt.explain(model, ids)
+    expl = mlt.explain(model, ids, chunk_size=chunk)  # the PyTorch scan's chunks, as the model's
     assert expl.logit.abs().min() > 1e-3
     assert expl.conservation_error.max() <= 1e-5, expl.conservation_error
     with torch.no_grad():
         logits = model(ids).logits[:, -1]
     torch.testing.assert_close(expl.logit, logits[torch.arange(2), expl.target], rtol=1e-5, atol=1e-5)
     # Gradient x Input does not conserve, and the biases matter: the check can fail
-    assert mlt.explain(model, ids, method="gi").conservation_error.min() > 1e-2
-    assert mlt.explain(mamba2_model(0, heads, groups, chunk, zero_biases=False), ids).conservation_error.min() > 1e-4
+    assert mlt.explain(model, ids, method="gi", chunk_size=chunk).conservation_error.min() > 1e-2
+    biased = mamba2_model(0, heads, groups, chunk, zero_biases=False)
+    assert mlt.explain(biased, ids, chunk_size=chunk).conservation_error.min() > 1e-4
+    # the chunking changes no relevance beyond rounding
+    torch.testing.assert_close(mlt.explain(model, ids, chunk_size=5).relevance, expl.relevance, rtol=1e-4, atol=1e-6)
 
 
 def test_conserves_with_left_padding():
@@ -140,7 +143,7 @@ def test_conserves_with_left_padding():
     ids = ids_for(2, 3, 30)
     mask = torch.ones_like(ids)
     mask[0, :7], mask[1, :19] = 0, 0
-    expl = mlt.explain(model, ids, attention_mask=mask)
+    expl = mlt.explain(model, ids, attention_mask=mask, chunk_size=8)
     assert expl.conservation_error.max() <= 1e-5, expl.conservation_error
     assert torch.equal(expl.relevance[0, :7], torch.zeros(7)) and bool((expl.relevance[0, 7:] != 0).all())
     # a left-padded sample explains like the same sample alone
@@ -158,9 +161,9 @@ def test_forward_equals_transformers(padded):
         mask[0, :9] = 0
     with torch.no_grad():
         ref = model(ids, attention_mask=mask).logits
-        with mlt.lrp_mode(model):
+        with mlt.lrp_mode(model, chunk_size=8):
             out = model(ids, attention_mask=mask).logits
-        with mlt.lrp_mode(model, ALL_OFF):
+        with mlt.lrp_mode(model, ALL_OFF, chunk_size=8):
             off = model(ids, attention_mask=mask).logits
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(off, ref, rtol=1e-5, atol=1e-5)
@@ -207,9 +210,9 @@ def test_all_rules_off_equals_gradient_x_input_by_hand():
 def test_recomputation_in_pieces_gives_the_same_relevance(monkeypatch, rules):
     model = mamba2_model(6)
     ids = ids_for(4, 2, 45)
-    plain = mlt.explain(model, ids, rules=rules, checkpoint=False).relevance
+    plain = mlt.explain(model, ids, rules=rules, checkpoint=False, chunk_size=8).relevance
     monkeypatch.setattr(mamba, "RECOMPUTE_TILE", 16)  # 45 tokens: three pieces, conv and scan state carried
-    pieces = mlt.explain(model, ids, rules=rules, checkpoint=True).relevance
+    pieces = mlt.explain(model, ids, rules=rules, checkpoint=True, chunk_size=8).relevance
     torch.testing.assert_close(pieces, plain, rtol=1e-4, atol=1e-6)
 
 

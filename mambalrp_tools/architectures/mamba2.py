@@ -9,9 +9,9 @@ The same four ideas as Mamba-1 (`mamba.py`):
 
 The norms and the block reuse Mamba-1's replacement forwards (same attributes, same arithmetic);
 the mixer forward here recomputes transformers' `Mamba2Mixer.forward` (torch path) in float32.
-The scan runs in `ssd.py` (PyTorch, chunked, cheap backward under the ssm rule) or, with
-backend "cuda", through mamba-ssm's `mamba_chunk_scan_combined`. The chunk size is the model's
-own `config.chunk_size` (the `chunk_size` of `lrp_mode` is Mamba-1's time chunk).
+The scan runs in `ssd.py` (PyTorch, chunked, cheap backward under the ssm rule; chunks of
+`lrp_mode`'s `chunk_size`, as for Mamba-1) or, with backend "cuda", through mamba-ssm's
+`mamba_chunk_scan_combined` (chunks of the model's `config.chunk_size`).
 """
 
 from __future__ import annotations
@@ -69,10 +69,13 @@ def gated_norm(norm, y, z, rules: R.Rules):
     return normed * R.upcast(norm.weight)
 
 
-def scan(x, dt, A, B, C, D, chunk_size, backend: Backend, initial_state=None):
-    """(y [b, T, h, p], last state [b, h, p, n]) on the PyTorch or the CUDA (mamba-ssm) path."""
-    run = kernel_ssd_scan if backend.name == "cuda" else ssd_scan
-    return run(x, dt, A, B, C, D, chunk_size=chunk_size, initial_state=initial_state, return_last_state=True)
+def scan(mixer, x, dt, A, B, C, D, backend: Backend, initial_state=None):
+    """(y [b, T, h, p], last state [b, h, p, n]) on the PyTorch path (chunks of `backend.chunk_size`
+    steps) or the CUDA path (mamba-ssm's kernel, chunks of the model's `chunk_size`); the chunking
+    changes no value beyond float rounding."""
+    if backend.name == "cuda":
+        return kernel_ssd_scan(x, dt, A, B, C, D, mixer.chunk_size, initial_state, return_last_state=True)
+    return ssd_scan(x, dt, A, B, C, D, backend.chunk_size, initial_state, return_last_state=True)
 
 
 def mixer_core(mixer, hidden_states, attention_mask, rules: R.Rules, backend: Backend,
@@ -80,7 +83,7 @@ def mixer_core(mixer, hidden_states, attention_mask, rules: R.Rules, backend: Ba
     """One Mamba-2 mixer: [b, T, hidden] -> ([b, T, hidden] float32, MixerState to continue from)."""
     x, dt, A, B, C, D, z, xBC = ssm_parameters(mixer, hidden_states, attention_mask, rules,
                                                None if state is None else state.conv)
-    y, last = scan(x, dt, A, B, C, D, mixer.chunk_size, backend, None if state is None else state.ssm)
+    y, last = scan(mixer, x, dt, A, B, C, D, backend, None if state is None else state.ssm)
     g = gated_norm(mixer.norm, y.flatten(2), z, rules)
     out = F.linear(g, _f32(mixer.out_proj.weight), _f32(mixer.out_proj.bias))
     history = None if state is None else state.conv
