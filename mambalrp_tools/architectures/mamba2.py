@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .. import rules as R
 from ..backends import Backend
-from ..ssd import kernel_ssd_scan, ssd_scan
+from ..ssd import cuda_chunk_scan, kernel_ssd_scan, ssd_scan
 from . import mamba
 from .mamba import MixerState, _f32, _last_inputs, _mask
 
@@ -71,9 +71,9 @@ def gated_norm(norm, y, z, rules: R.Rules):
 
 def scan(mixer, x, dt, A, B, C, D, backend: Backend, initial_state=None):
     """(y [b, T, h, p], last state [b, h, p, n]) on the PyTorch path (chunks of `backend.chunk_size`
-    steps) or the CUDA path (mamba-ssm's kernel, chunks of the model's `chunk_size`); the chunking
-    changes no value beyond float rounding."""
-    if backend.name == "cuda":
+    steps) or the CUDA path (mamba-ssm's kernel, chunks of the model's `chunk_size`; PyTorch where
+    mamba-ssm lacks the SSD kernel); the chunking changes no value beyond float rounding."""
+    if backend.name == "cuda" and cuda_chunk_scan() is not None:
         return kernel_ssd_scan(x, dt, A, B, C, D, mixer.chunk_size, initial_state, return_last_state=True)
     return ssd_scan(x, dt, A, B, C, D, backend.chunk_size, initial_state, return_last_state=True)
 
