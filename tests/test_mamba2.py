@@ -326,3 +326,35 @@ def test_cuda_backend_relevance_equals_torch_backend(rules):
     torch.testing.assert_close(cuda.relevance, torch_.relevance, rtol=1e-3, atol=1e-4)
     if rules is None:
         assert cuda.conservation_error.max() <= 1e-4
+
+
+# --------------------------------------------------------------------------- the toy's training code
+
+def test_needle_mamba2_recipe_trains_a_mamba2(tmp_path, monkeypatch):
+    """The needle-mamba2 recipe, shrunk to seconds: a Mamba-2 trains, keeps pads inert, saves and loads
+    through the embedded-model path, and conserves (no relevance-carrying biases)."""
+    from dataclasses import replace
+
+    from mambalrp_tools import tasks
+    from mambalrp_tools.zoo import train as T
+
+    small = replace(T.SPECS["needle-mamba2"], hidden_size=32, num_hidden_layers=1, state_size=8, batch_size=4,
+                    warmup=2, lr=1e-2, params=dict(min_context_length=32, max_context_length=48))
+    monkeypatch.setitem(T.SPECS, "needle-mamba2", small)
+    model, tok, rec = T.train_toy("needle-mamba2", tmp_path / "needle-mamba2", steps=4, evaluate=False,
+                                  log_every=2, argv=["t"])
+    assert type(model).__name__ == "Mamba2ForCausalLM" and rec["engine"] == "package"
+    assert rec["steps"] == 4 and rec["final"]["step"] == 4
+    assert rec["command"].startswith("mambalrp-tools train-toy needle-mamba2 --steps 4")
+    assert torch.count_nonzero(model.get_input_embeddings().weight[T.PAD_ID]) == 0
+    ex = tasks.load("needle", 1, seed=0, tokenizer=tok, context_length=32)[0]
+    ids = ex.input_ids[None]
+    padded = torch.cat([torch.zeros(1, 5, dtype=torch.long), ids], 1)
+    with torch.no_grad():  # transformers' own forward, no mask: the pads are inert
+        torch.testing.assert_close(model(ids).logits[0, -1], model(padded).logits[0, -1], rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr("mambalrp_tools.models.TOY_DIR", tmp_path)
+    again, _ = mlt.load_model("toy/needle-mamba2")
+    assert type(again).__name__ == "Mamba2ForCausalLM"
+    with torch.no_grad():
+        assert torch.equal(model(padded).logits, again(padded).logits)
+    assert float(mlt.explain(again, ids, target=ex.target).conservation_error[0]) < 1e-5
