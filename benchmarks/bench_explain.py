@@ -14,6 +14,9 @@ so each peak memory (process RSS on CPU, `max_memory_allocated` on GPU) is its o
     explain/own fwd   the same / this package's patched forward under no_grad
     explain/HF GxI    the same / transformers' Gradient x Input (forward + backward, weight grads included)
     IG/HF fwd         explain(method="integrated_gradients", n_steps=50) / HF no-grad forward
+
+--paired adds a line per T: explain / HF fwd with both run alternately in one process (fastest of
+PAIRED_REPEATS each), which a machine shared with other jobs disturbs far less than separate workers.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ MODEL = dict(vocab_size=50280, hidden_size=768, num_hidden_layers=24, intermedia
 MODEL2 = dict(vocab_size=50280, hidden_size=768, num_hidden_layers=24, expand=2, num_heads=24, head_dim=64,
               n_groups=1, state_size=128, chunk_size=256, use_bias=False, use_conv_bias=True)
 KINDS = ("hf_forward", "own_forward", "explain", "hf_gxi", "ig")
+#: --paired: transformers' forward and explain alternately in one worker, the fastest of this many each
+PAIRED_REPEATS = 3
 
 
 def build(device, arch="mamba"):
@@ -53,7 +58,7 @@ def worker(kind: str, T: int, device: str, checkpoint: str | None, arch: str = "
     ids = torch.randint(0, MODEL["vocab_size"], (1, T), generator=torch.Generator().manual_seed(1)).to(device)
     ck = {"auto": None, "off": False}.get(checkpoint, checkpoint)
 
-    def run():
+    def run(kind=kind):
         if kind == "hf_forward":
             with torch.no_grad():
                 model(ids, logits_to_keep=1)
@@ -71,6 +76,22 @@ def worker(kind: str, T: int, device: str, checkpoint: str | None, arch: str = "
             mlt.explain(model, ids, target=0, method="integrated_gradients", n_steps=50, checkpoint=ck)
 
     gpu = device.startswith("cuda")
+    if kind == "paired":
+        short = ids
+        ids = ids[:, :64]
+        run("hf_forward"), run("explain")  # warm up both paths
+        ids = short
+        best = {"hf_forward": float("inf"), "explain": float("inf")}
+        for _ in range(PAIRED_REPEATS):
+            for k in best:
+                if gpu:
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                run(k)
+                if gpu:
+                    torch.cuda.synchronize()
+                best[k] = min(best[k], time.perf_counter() - start)
+        return {"seconds": best["explain"], "hf_seconds": best["hf_forward"], "ratio": best["explain"] / best["hf_forward"]}
     repeats = 1
     if gpu:  # warm up kernels and the allocator on a short input, then time the median of 3
         run() if T <= 8192 else None
@@ -136,7 +157,8 @@ def main():
     p.add_argument("--checkpoint", default="auto", help="auto | off | device | cpu (explain's layer recomputation)")
     p.add_argument("--timeout", type=int, default=1800)
     p.add_argument("--json", help="also write the rows to this file")
-    p.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
+    p.add_argument("--paired", action="store_true", help="also time explain and HF forward alternately in one process")
+    p.add_argument("--worker", choices=KINDS + ("paired",), help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args.hf_grad_max is None:
@@ -163,6 +185,8 @@ def main():
             skip = (kind == "hf_gxi" and T > args.hf_grad_max) or (kind == "ig" and T not in args.ig_lengths) or (
                 kind == "hf_forward" and T > args.hf_forward_max)
             r[kind] = None if skip else measure(kind, T, args.device, args.checkpoint, args.timeout, args.arch)
+        if args.paired:
+            r["paired"] = measure("paired", T, args.device, args.checkpoint, args.timeout, args.arch)
         rows.append(r)
 
         def sec(k):
@@ -186,7 +210,12 @@ def main():
     for r in rows:
         if "seconds" in (r.get("ig") or {}):
             print(f"# IG (50 steps) at T={r['T']}: {r['ig']['seconds']:.0f} s, peak {r['ig']['peak_bytes'] / 2**30:.2f} GiB")
-    errors = {f"{r['T']}/{k}": r[k]["error"] for r in rows for k in KINDS if r.get(k) and "error" in r[k]}
+    for r in rows:
+        if "ratio" in (r.get("paired") or {}):
+            pr = r["paired"]
+            print(f"# paired at T={r['T']} (one process, alternating, fastest of {PAIRED_REPEATS}): explain "
+                  f"{pr['seconds']:.2f} s / HF fwd {pr['hf_seconds']:.2f} s = {pr['ratio']:.2f}x")
+    errors = {f"{r['T']}/{k}": r[k]["error"] for r in rows for k in KINDS + ("paired",) if r.get(k) and "error" in r[k]}
     for where, err in errors.items():
         print(f"# {where}: {err}")
     if args.json:
