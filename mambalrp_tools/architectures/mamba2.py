@@ -25,9 +25,8 @@ from ..ssd import cuda_chunk_scan, kernel_ssd_scan, ssd_scan
 from . import mamba
 from .mamba import MixerState, _f32, _last_inputs, _mask
 
-#: floats per token, layer and inner channel that autograd keeps through one Mamba-2 layer (an upper
-#: estimate from the tensors the patched forward saves: in_proj output, conv output, its SiLU, the
-#: gate's factors and the norm's input and output, each ~intermediate_size wide)
+#: floats per token, layer and inner channel that autograd keeps through one Mamba-2 layer: taken
+#: as Mamba-1's (the patched forward saves tensors of the same widths); not measured for Mamba-2
 ACTIVATION_FLOATS = 10
 #: the causal convolution always runs in PyTorch (it can then continue from a history on any device)
 _TORCH = Backend("torch")
