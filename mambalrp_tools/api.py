@@ -1,14 +1,17 @@
-"""`explain`: the one call that turns (model, input, target) into an `Explanation`."""
+"""`explain` and `explain_generation`: the calls that turn (model, input, target) into an `Explanation`."""
 
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import Callable, Sequence
 
 import torch
 
+from . import backends
 from .architectures import architecture_of, eval_mode, input_gradients_only
 from .explanation import Explanation
-from .methods import METHODS, Query, resolve_method
+from .methods import METHODS, Query, method_info, resolve_method
+from .rules import Rules
 
 
 def explain(
@@ -69,6 +72,7 @@ def explain(
     relevance = relevance.detach().float().cpu()
     if mask is not None:
         relevance = relevance * mask.to(relevance.dtype)  # exact zeros on padding for every method
+    info = method_info(name)
     return Explanation(
         relevance=relevance,
         logit=query.logit,
@@ -79,8 +83,153 @@ def explain(
         contrast=None if con is None else con.cpu(),
         position=position,
         tokens=[tokenizer.convert_ids_to_tokens(row) for row in ids.tolist()] if tokenizer else None,
-        params={k: v for k, v in method_kwargs.items() if isinstance(v, (int, float, str, bool, dict, type(None)))},
+        params=_params(method_kwargs),
+        completeness=info.completeness,
+        baseline_logit=query.baseline_logit,
+        info=_info(model, info, method_kwargs, backend, chunk_size, device),
     )
+
+
+def _params(method_kwargs) -> dict:
+    """The method's arguments that JSON can hold (a `Rules` as its switches)."""
+    out = {}
+    for k, v in method_kwargs.items():
+        if isinstance(v, Rules):
+            v = dataclasses.asdict(v)
+        if isinstance(v, (int, float, str, bool, dict, type(None))):
+            out[k] = v
+    return out
+
+
+def _info(model, info, method_kwargs, backend, chunk_size, device) -> dict:
+    from . import __version__
+
+    config = getattr(model, "config", None)
+    out = {
+        "model": getattr(config, "_name_or_path", None) or type(model).__name__,
+        "model_class": type(model).__name__,
+        "backend": backends.resolve(backend, device).name,
+        "version": __version__,
+    }
+    if chunk_size is not None:
+        out["chunk_size"] = chunk_size
+    if info.takes_rules:
+        out["rules"] = dataclasses.asdict(Rules.of(method_kwargs.get("rules")))
+    return out
+
+
+def explain_generation(
+    model,
+    input_ids,
+    target_ids=None,
+    max_new_tokens: int | None = None,
+    method: str = "mambalrp",
+    *,
+    batch_size: int = 16,
+    tokenizer=None,
+    **kwargs,
+) -> Explanation:
+    """Relevance of each output token over all tokens before it: an `Explanation` with an output axis.
+
+    The outputs are `target_ids`, or `max_new_tokens` tokens generated greedily after the prompt
+    `input_ids` (one sequence: ids, or a text with `tokenizer`). Output j, at position p_j of the full sequence (prompt + outputs), is
+    explained as the logit of that token read at p_j - 1, over the tokens [0, p_j): `relevance`
+    [1, n_out, T], `logit` and `target` [1, n_out], `output_positions` [n_out] = p_j - 1.
+
+    The prefixes are left-padded into batches of `batch_size` (Mamba zeroes the SSM input at padded
+    positions), so one forward and one backward explain up to `batch_size` outputs at once. This
+    equals one `explain` per output to float precision for models without an in_proj bias
+    (`use_bias=False`, every released Mamba checkpoint); with an in_proj bias transformers' own forward
+    already differs between padded and unpadded input (~1e-3 in the logits), and `batch_size=1`
+    avoids padding altogether. `method` and `kwargs` are as for `explain`.
+    """
+    def run(ids, targets, mask):
+        return explain(model, ids, target=targets, method=method, attention_mask=mask, **kwargs)
+
+    return explain_outputs(model, input_ids, target_ids, max_new_tokens, run, batch_size=batch_size,
+                           tokenizer=tokenizer)
+
+
+def explain_outputs(model, input_ids, target_ids, max_new_tokens, run: Callable, *, batch_size: int = 16,
+                    tokenizer=None, method: str | None = None) -> Explanation:
+    """`explain_generation` with the per-batch explainer `run(ids [B, T], targets [B], mask) -> Explanation`.
+
+    method: the result's method label (default: the explainer's).
+    """
+    if isinstance(input_ids, str):
+        if tokenizer is None:
+            raise ValueError("input is text: pass tokenizer= (e.g. the one load_model returned)")
+        input_ids = tokenizer(input_ids, add_special_tokens=False)["input_ids"]
+    prompt = torch.as_tensor(input_ids).long()
+    if prompt.dim() > 1 and prompt.shape[0] != 1:
+        raise ValueError(f"explain_generation takes one sequence, got a batch of shape {tuple(prompt.shape)}")
+    prompt = prompt.flatten().cpu()
+    if prompt.numel() == 0:
+        raise ValueError("empty prompt: nothing to explain")
+    if target_ids is None:
+        if not max_new_tokens:
+            raise ValueError("give target_ids (the output tokens to explain) or max_new_tokens to generate")
+        outputs = _greedy(model, prompt, int(max_new_tokens))
+    else:
+        outputs = torch.as_tensor(target_ids).long().flatten().cpu()
+        if max_new_tokens is not None:
+            outputs = outputs[:max_new_tokens]
+    if outputs.numel() == 0:
+        raise ValueError("no output tokens to explain")
+    full = torch.cat([prompt, outputs])
+    n_prompt, n_out, T = prompt.numel(), outputs.numel(), full.numel()
+    pad = _pad_id(model, tokenizer)
+    rel = torch.zeros(n_out, T)
+    logits = torch.zeros(n_out)
+    baseline = None
+    first = None
+    for start in range(0, n_out, batch_size):
+        rows = range(start, min(n_out, start + batch_size))
+        width = n_prompt + rows[-1]  # the longest prefix in this batch
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, j in enumerate(rows):
+            p = n_prompt + j
+            ids[i, width - p:] = full[:p]
+            mask[i, width - p:] = 1
+        expl = run(ids, outputs[list(rows)], None if bool(mask.all()) else mask)
+        if first is None:
+            first = expl
+        if expl.baseline_logit is not None and baseline is None:
+            baseline = torch.zeros(n_out)
+        for i, j in enumerate(rows):
+            p = n_prompt + j
+            rel[j, :p] = expl.relevance[i, width - p:]
+            logits[j] = expl.logit[i]
+            if baseline is not None:
+                baseline[j] = expl.baseline_logit[i]
+    tokens = [tokenizer.convert_ids_to_tokens(full.tolist())] if tokenizer is not None else None
+    return Explanation(
+        relevance=rel[None], logit=logits[None], target=outputs[None], method=method or first.method,
+        input_ids=full[None], tokens=tokens, params=first.params, completeness=first.completeness,
+        baseline_logit=None if baseline is None else baseline[None],
+        output_positions=torch.arange(n_prompt - 1, T - 1), info={**first.info, "batch_size": batch_size},
+    )
+
+
+@torch.no_grad()
+def _greedy(model, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """Greedy continuation (full forward per step: simple, exact, fine for short outputs)."""
+    ids = input_ids.long().cpu()
+    dev = next(model.parameters()).device
+    with eval_mode(model):
+        for _ in range(max_new_tokens):
+            nxt = model(input_ids=ids[None].to(dev), use_cache=False).logits[0, -1].argmax()
+            ids = torch.cat([ids, nxt.cpu().view(1)])
+    return ids[input_ids.shape[-1]:]
+
+
+def _pad_id(model, tokenizer) -> int:
+    for source in (tokenizer, getattr(model, "config", None)):
+        tid = getattr(source, "pad_token_id", None) if source is not None else None
+        if tid is not None:
+            return int(tid)
+    return 0
 
 
 def _as_batch(input_ids, attention_mask, tokenizer):

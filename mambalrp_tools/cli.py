@@ -11,8 +11,9 @@ def _explain(args):
 
     model, tokenizer = load_model(args.model)
     expl = explain(model, args.text, tokenizer=tokenizer, method=args.method)
-    for word, score in expl.to_words()[0]:
-        print(f"{score:+.4f}  {word}")
+    words = expl.to_words()
+    for k in words._real(0):
+        print(f"{float(words.relevance[0, k]):+.4f}  {words.tokens[0][k]}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,9 +10,9 @@ recomputed: the PyTorch scan leaves its output there, so the recomputation skips
 the most expensive part of a layer on CPU, at the price of one more tensor per layer.
 
 A layer that can carry its state across time (conv inputs and scan state) runs in pieces of a few
-hundred tokens, forward and recomputed: at 8,192 tokens on CPU whole-layer intermediates are 50-100 MB
-each, and allocating, faulting in and streaming them made the time per token grow with the length
-(explain 8,192 tokens: 115-138 s whole, 79 s in pieces of 512; 1,024 tokens: 8.4-11.9 s).
+hundred tokens, forward and recomputed: whole-layer intermediates of long inputs are tens of MB each,
+and allocating, faulting in and streaming them makes the time per token grow with the length; in
+pieces it stays the same (measurements: benchmarks/results/constants.md).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class HostSlabs:
 
     Kept one by one on the CPU, each layer input would be a mid-sized heap allocation that outlives
     the temporaries around it, and glibc's heap keeps the freed space between them resident
-    (measured: about 0.5 GiB more peak RSS at 8,192 tokens on the 130m model). A slab is a single
+    (benchmarks/results/constants.md). A slab is a single
     large allocation, returned to the system once every tensor in it is freed.
     """
 

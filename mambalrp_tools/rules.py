@@ -1,11 +1,14 @@
 """The MambaLRP propagation rules (Rezaei Jafari et al., NeurIPS 2024, arXiv 2406.07592).
 
 MambaLRP is Gradient x Input on a forward pass whose values are unchanged but whose gradient flow is
-rewritten at four places. Each rule is one tiny function below; `[v]` in the comments means "v is
+rewritten at four places. Each rule is one small generic function below, which every architecture
+composes (Mamba-2's gated norm is `rms_norm(gate(y, silu(z)))`); `[v]` in the comments means "v is
 treated as a constant" (detached). Turning a rule off gives back the true gradient at that place.
 
-The SSM rule (detach delta, B, C and so exp(delta A)) is applied where the scan is called, in
-`architectures/mamba.py` (`ssm_inputs`); everything downstream of it is linear in u.
+- identity rule, elementwise activation a * f(a):  a * [f(a)]        `identity`, `silu`
+- half rule, product of two factors:                x*y/2 + [x*y/2]   `gate`
+- stop-gradient of the normaliser:                  x * [1/rms(x)] w  `rms_norm`
+- ssm rule, selective scan:                         [delta], [A], [B], [C], [D]: linear in u  `ssm`
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Mapping
 
 import torch
 import torch.nn.functional as F
+
+from .numerics import upcast  # its home is numerics; `rules.upcast` stays importable
 
 
 @dataclass(frozen=True)
@@ -44,11 +49,17 @@ class Rules:
         return cls(silu=False, ssm=False, gate=False, norm=False)
 
 
+def identity(a: torch.Tensor, factor: torch.Tensor, rule: bool) -> torch.Tensor:
+    """An elementwise activation written as a * factor(a); with the rule the factor is a constant, so
+    the activation passes relevance through unchanged (identity rule)."""
+    return a * (factor.detach() if rule else factor)
+
+
 def silu(a: torch.Tensor, rule: bool) -> torch.Tensor:
-    """SiLU; with the rule, the sigmoid is a constant factor (identity rule)."""
+    """SiLU = a * sigmoid(a); with the rule, the sigmoid is a constant factor (identity rule)."""
     if not rule:
         return F.silu(a)
-    return a * torch.sigmoid(a).detach()
+    return identity(a, torch.sigmoid(a), rule)
 
 
 def gate(y: torch.Tensor, gate_act: torch.Tensor, rule: bool) -> torch.Tensor:
@@ -60,11 +71,6 @@ def gate(y: torch.Tensor, gate_act: torch.Tensor, rule: bool) -> torch.Tensor:
     return half + half.detach()
 
 
-def upcast(t: torch.Tensor) -> torch.Tensor:
-    """Half-precision tensors to float32 (relevance needs it); float32 and float64 stay as they are."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, rule: bool) -> torch.Tensor:
     """RMSNorm (half precision upcast); with the rule the normaliser is a constant, so it is linear in x."""
     x = upcast(x)
@@ -73,3 +79,15 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, rule: boo
         scale = scale.detach()
     out = x * scale
     return out if weight is None else out * upcast(weight)
+
+
+def ssm(delta, A, B, C, D, rule: bool):
+    """The ssm rule: with delta, B and C constant the scan (and so exp(delta A)) is linear in its input u.
+
+    A and D are weights: detaching them changes no input gradient, but it tells the scan that only
+    the linear path in u is needed, so its backward is one reverse scan and nothing more.
+    Returns (delta, A, B, C, D), detached with the rule; D may be None.
+    """
+    if not rule:
+        return delta, A, B, C, D
+    return tuple(None if t is None else t.detach() for t in (delta, A, B, C, D))

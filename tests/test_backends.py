@@ -113,7 +113,7 @@ def test_recompute_offloads_to_pinned_host_memory():
 def test_chunked_scan_relevance_equals_per_step_loop(arch, monkeypatch, chunk_size, method):
     """Relevance through the chunked scan == relevance through a naive per-step autograd loop (float64)."""
     from mambalrp_tools import backends
-    from mambalrp_tools.scan import reference_scan
+    from reference import reference_scan
 
     model = tiny_model(arch, zero_biases=True, dtype=torch.float64)
     ids = _inputs(T=50, batch=2)

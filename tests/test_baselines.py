@@ -10,7 +10,7 @@ from conftest import tiny_model
 import mambalrp_tools as mlt
 from mambalrp_tools.methods import Query, captum_methods
 from mambalrp_tools.methods.hidden_attention import LayerSSM, attention_matrix, capture_layers, rollout_row
-from mambalrp_tools.scan import reference_scan
+from reference import reference_scan
 
 T = 12
 # few steps / samples: these tests check plumbing, not approximation quality

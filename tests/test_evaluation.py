@@ -349,19 +349,24 @@ def test_explain_generation_equals_single_explanations(arch):
     model = tiny_model(arch, seed=1)
     prompt = torch.randint(1, 97, (6,), generator=torch.Generator().manual_seed(0))
     gen = ev.explain_generation(model, prompt, max_new_tokens=4, batch_size=3)
-    assert gen.relevance.shape == (4, 10) and gen.token_attr.shape == (4, 6)
+    assert isinstance(gen, mlt.Explanation) and ev.GenerationExplanation is mlt.Explanation
+    assert gen.relevance.shape == (1, 4, 10) and gen.token_attr.shape == (4, 6)
+    assert gen.output_positions.tolist() == [5, 6, 7, 8] and gen.n_prompt == 6
     with torch.no_grad():  # greedy outputs are the model's argmax
-        logits = model(gen.input_ids[None]).logits[0]
+        logits = model(gen.input_ids).logits[0]
     assert torch.equal(logits[5:9].argmax(-1), gen.output_ids)
     for j in range(4):
         p = 6 + j
-        single = mlt.explain(model, gen.input_ids[:p][None], target=int(gen.input_ids[p]))
-        assert torch.allclose(gen.relevance[j, :p], single.relevance[0], atol=1e-5)
+        single = mlt.explain(model, gen.input_ids[:, :p], target=int(gen.input_ids[0, p]))
+        assert torch.allclose(gen.relevance[0, j, :p], single.relevance[0], atol=1e-5)
         assert float(gen.logits[j]) == pytest.approx(float(single.logit[0]), rel=1e-5)
-        assert not gen.relevance[j, p:].any()
+        assert not gen.relevance[0, j, p:].any()
+        torch.testing.assert_close(gen.output(j).relevance, single.relevance, atol=1e-5, rtol=0)
     given = ev.explain_generation(model, prompt, target_ids=[5, 6], method="mambalrp:-ssm")
     assert given.method == "mambalrp:-ssm" and given.output_ids.tolist() == [5, 6]
-    gen.plot()
+    assert given.info["rules"] == {"silu": True, "ssm": False, "gate": True, "norm": True}
+    ax = gen.plot()
+    assert ax.images[0].get_array().shape == (4, 6)  # output token x prompt token
 
 
 # ------------------------------------------------------------------ runs

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from conftest import assert_untouched, hand_gradient_x_input, rich_model, snapshot, tiny_model
 
 import mambalrp_tools as mlt
-from mambalrp_tools.scan import reference_scan, selective_scan
+from mambalrp_tools.scan import selective_scan
+from reference import reference_scan
 
 RULES = ("silu", "ssm", "gate", "norm")
 ALL_OFF = {r: False for r in RULES}
@@ -181,6 +182,53 @@ def reference_mambalrp(model, ids, target, rules):
     f = (final[-1] @ p(model.get_output_embeddings().weight).T)[target]
     (grad,) = torch.autograd.grad(f, emb)
     return (emb * grad).sum(-1).detach(), f.detach()
+
+
+# ------------------------------------------------------------ the rules as generic functions
+
+
+def test_rule_functions_keep_values_and_rewrite_only_the_gradient():
+    from mambalrp_tools import rules
+
+    g = torch.Generator().manual_seed(0)
+    a, y, w = (torch.randn(3, 5, generator=g, dtype=torch.float64) for _ in range(3))
+
+    def grads(fn, *xs):
+        xs = [x.clone().requires_grad_() for x in xs]
+        out = fn(*xs)
+        return out.detach(), torch.autograd.grad(out.sum(), xs)
+
+    # identity rule: a * [sigmoid(a)] has the values of SiLU and the gradient sigmoid(a)
+    for rule in (True, False):
+        value, (da,) = grads(lambda x: rules.silu(x, rule), a)
+        torch.testing.assert_close(value, F.silu(a))
+        expected = torch.sigmoid(a) if rule else torch.sigmoid(a) * (1 + a * (1 - torch.sigmoid(a)))
+        torch.testing.assert_close(da, expected)
+    value, (da,) = grads(lambda x: rules.identity(x, torch.tanh(x), True), a)  # any a * factor(a)
+    torch.testing.assert_close(value, a * torch.tanh(a))
+    torch.testing.assert_close(da, torch.tanh(a))
+    # half rule: each factor of y * g gets half of the product's relevance (gradient x input)
+    value, (dy, dg) = grads(lambda p, q: rules.gate(p, q, True), y, w)
+    torch.testing.assert_close(value, y * w)
+    torch.testing.assert_close(dy * y, 0.5 * y * w)
+    torch.testing.assert_close(dg * w, 0.5 * y * w)
+    # stop-gradient normaliser: linear in x, so x . grad equals the output (relevance conserved)
+    value, (dx,) = grads(lambda x: rules.rms_norm(x, None, 1e-6, True), a)
+    torch.testing.assert_close(value, a * torch.rsqrt(a.pow(2).mean(-1, keepdim=True) + 1e-6))
+    torch.testing.assert_close((dx * a).sum(), value.sum())
+    # ssm rule: everything the scan reads besides u is a constant; off, nothing changes
+    params = [t.clone().requires_grad_() for t in (a, y, w, a)]  # delta, A, B, C; D = None
+    assert all(not t.requires_grad for t in rules.ssm(*params, None, True)[:4])
+    assert rules.ssm(*params, None, True)[4] is None
+    assert all(o is t for o, t in zip(rules.ssm(*params, None, False), params))
+
+
+def test_upcast_lives_in_numerics_and_keeps_its_old_import_path():
+    from mambalrp_tools import numerics, rules
+
+    assert rules.upcast is numerics.upcast
+    assert numerics.upcast(torch.ones(2, dtype=torch.bfloat16)).dtype == torch.float32
+    assert numerics.upcast(torch.ones(2, dtype=torch.float64)).dtype == torch.float64
 
 
 @pytest.fixture(scope="module", params=["mamba", "falcon_mamba"])

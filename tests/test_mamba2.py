@@ -225,10 +225,11 @@ def test_recomputation_in_pieces_gives_the_same_relevance(monkeypatch, rules):
 def test_auto_checkpoint_reads_mamba2_config():
     """Mamba2Config has no intermediate_size: the estimate uses expand x hidden_size."""
     model = mamba2_model(0)
-    assert architecture_of(model) is mamba2
+    arch = architecture_of(model)
+    assert arch is mamba2.MAMBA2 and arch.sizes(model).inner == 2 * model.config.hidden_size
     cpu = torch.device("cpu")
-    assert _checkpoint_mode(None, 100, model, cpu, mamba2) is None
-    assert _checkpoint_mode(None, 10**9, model, cpu, mamba2) == "device"
+    assert _checkpoint_mode(None, 100, arch.sizes(model), cpu) is None
+    assert _checkpoint_mode(None, 10**9, arch.sizes(model), cpu) == "device"
 
 
 def test_classifier_conserves():

@@ -1,8 +1,9 @@
-"""Architectures MambaLRP knows, and the context manager that patches a model in place.
+"""Architectures MambaLRP knows (a registry keyed by backbone class), and `lrp_mode`, which patches a model.
 
-Each architecture is one file that yields (module, replacement forward) pairs; `patched` installs
-them as instance attributes and removes them on exit, so the model is restored exactly, also when
-an exception (a KeyboardInterrupt in a notebook) interrupts the block.
+Each architecture is one file declaring a patch map (module class -> replacement-forward factory) and
+the accessors the rest of the package uses (see `base.Architecture`, docs/architecture.md).
+`lrp_mode` installs the replacement forwards as instance attributes and removes them on exit, so the
+model is restored exactly, also when an exception (a KeyboardInterrupt in a notebook) interrupts the block.
 """
 
 from __future__ import annotations
@@ -17,27 +18,44 @@ from transformers.models.mamba.modeling_mamba import MambaModel
 from transformers.models.mamba2.modeling_mamba2 import Mamba2Model
 
 from .. import backends
+from ..recompute import HostSlabs
 from ..rules import Rules
-from . import mamba, mamba2
+from .base import Architecture, LayerSSM, PatchContext, Sizes
+from .mamba import MAMBA
+from .mamba2 import MAMBA2
 
-# backbone class -> module that patches it
-ARCHITECTURES = {MambaModel: mamba, FalconMambaModel: mamba, Mamba2Model: mamba2}
-SUPPORTED = (
-    "transformers' MambaForCausalLM, FalconMambaForCausalLM and Mamba2ForCausalLM, and mambalrp_tools' "
-    "MambaClassifier / FalconMambaClassifier / Mamba2Classifier"
-)
+#: backbone class (what `model.base_model` is) -> its Architecture
+ARCHITECTURES: dict[type, Architecture] = {MambaModel: MAMBA, FalconMambaModel: MAMBA, Mamba2Model: MAMBA2}
 #: host memory that stored activations may take before layers are recomputed (checkpoint=None)
 CPU_ACTIVATION_BUDGET = 2 * 2**30
 
+__all__ = ["ARCHITECTURES", "Architecture", "LayerSSM", "PatchContext", "Sizes", "architecture_of", "eval_mode",
+           "input_gradients_only", "lrp_mode", "register_architecture"]
 
-def architecture_of(model):
-    """The architecture module for `model`, or TypeError naming what is supported."""
+
+def register_architecture(backbone_cls: type, arch: Architecture) -> None:
+    """Make models whose `base_model` is a `backbone_cls` explainable through `arch`."""
+    if not isinstance(arch, Architecture):
+        raise TypeError(f"expected an Architecture, got {type(arch).__name__}")
+    ARCHITECTURES[backbone_cls] = arch
+
+
+def supported() -> str:
+    """The supported model classes, for error messages."""
+    names = dict.fromkeys(arch.supported for arch in ARCHITECTURES.values())
+    return "; ".join(names)
+
+
+def architecture_of(model) -> Architecture:
+    """The Architecture of `model` (a causal model with a head over a registered backbone), or
+    TypeError naming what is supported."""
     backbone = getattr(model, "base_model", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    for cls, arch in ARCHITECTURES.items():
-        if isinstance(backbone, cls) and backbone is not model and head is not None:
-            return arch
-    raise TypeError(f"{type(model).__name__} is not supported; supported are {SUPPORTED}")
+    if backbone is not model and head is not None:
+        for cls in type(backbone).__mro__:
+            if cls in ARCHITECTURES:
+                return ARCHITECTURES[cls]
+    raise TypeError(f"{type(model).__name__} is not supported; supported are {supported()}")
 
 
 @contextlib.contextmanager
@@ -68,10 +86,14 @@ def lrp_mode(
     rules = Rules.of(rules)
     device = next(model.parameters()).device
     chosen = backends.resolve(backend, device, chunk_size)
-    checkpoint = _checkpoint_mode(checkpoint, seq_len, model, device, arch)
+    ctx = PatchContext(rules, chosen, _checkpoint_mode(checkpoint, seq_len, arch.sizes(model), device), HostSlabs())
     installed = []
     try:
-        for module, forward in arch.patches(model, rules, chosen, checkpoint):
+        for module in model.base_model.modules():
+            factory = arch.factory(module)
+            if factory is None:
+                continue
+            forward = factory(module, ctx)
             installed.append((module, module.__dict__.get("forward", _ABSENT)))
             module.forward = forward
         yield model
@@ -117,30 +139,28 @@ def input_gradients_only(model):
             p.requires_grad_(flag)
 
 
-def _checkpoint_mode(checkpoint, seq_len, model, device, arch=mamba) -> str | None:
+def _checkpoint_mode(checkpoint, seq_len, sizes: Sizes, device) -> str | None:
     if checkpoint is None:
-        checkpoint = _auto_checkpoint(seq_len, model.config, device, arch)
+        checkpoint = _auto_checkpoint(seq_len, sizes, device)
     mode = {False: None, True: "device", "device": "device", "cpu": "cpu"}.get(checkpoint, "invalid")
     if mode == "invalid":
         raise ValueError(f"checkpoint must be None, True, False, 'device' or 'cpu', got {checkpoint!r}")
     return mode
 
 
-def _auto_checkpoint(seq_len, config, device, arch=mamba):
+def _auto_checkpoint(seq_len, sizes: Sizes, device):
     """Recompute layers only when storing every layer's activations would not fit comfortably.
 
-    Autograd keeps about arch.ACTIVATION_FLOATS x intermediate_size floats per token and layer;
-    recomputation keeps one hidden_size vector per token and layer (`kept`: what decides "cpu" on a
-    GPU, where the mamba-ssm kernels keep nothing else). The PyTorch scan under the ssm rule also
-    keeps its output (intermediate_size floats) so that the recomputation skips the scan; on CPU
-    that is still well below the budget. Estimates are for batch 1.
+    Autograd keeps about `activation_floats` x `inner` floats per token and layer; recomputation
+    keeps one `hidden` vector per token and layer (`kept`: what decides "cpu" on a GPU, where the
+    mamba-ssm kernels keep nothing else). The PyTorch scan under the ssm rule also keeps its output
+    (`inner` floats) so that the recomputation skips the scan; on CPU that is still well below the
+    budget. Estimates are for batch 1.
     """
     if seq_len is None:
         return False
-    layers = config.num_hidden_layers
-    width = getattr(config, "intermediate_size", None) or int(config.expand * config.hidden_size)  # Mamba-2: expand
-    stored = seq_len * layers * arch.ACTIVATION_FLOATS * width * 4
-    kept = seq_len * layers * config.hidden_size * 4
+    stored = seq_len * sizes.layers * sizes.activation_floats * sizes.inner * 4
+    kept = seq_len * sizes.layers * sizes.hidden * 4
     if device.type != "cuda":
         return stored > CPU_ACTIVATION_BUDGET and "device"
     free = torch.cuda.mem_get_info(device)[0]

@@ -1,7 +1,7 @@
 """Mamba-1 and FalconMamba (transformers' `MambaMixer`, `FalconMambaMixer`) with the MambaLRP rules.
 
-One replacement forward per module kind (norm, mixer, block), installed per instance by
-`architectures.patched`. The values equal transformers' forward to float tolerance; only the
+One replacement-forward factory per module class (`MAMBA.patch_map`), installed per instance by
+`architectures.lrp_mode`, and the accessors the rest of the package uses (`Mamba`). The values equal transformers' forward to float tolerance; only the
 gradient flow changes where a rule is on. Everything is computed in at least float32, whatever the model's
 dtype (float64 models stay float64), so relevance of fp16/bf16 models is as precise as for fp32 ones.
 """
@@ -13,24 +13,32 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .. import rules as R
-from ..backends import Backend
-from ..recompute import HostSlabs, recompute
+from transformers.models.falcon_mamba.modeling_falcon_mamba import (
+    FalconMambaBlock, FalconMambaMixer, FalconMambaModel, FalconMambaRMSNorm,
+)
+from transformers.models.mamba.modeling_mamba import MambaBlock, MambaMixer, MambaModel, MambaRMSNorm
 
-#: floats per token, layer and inner channel that autograd keeps through one Mamba layer
-#: (9.9 measured: transformers' Gradient x Input on mamba-130m at 32,768 tokens, H200)
+from .. import backends
+from ..backends import Backend
+from ..numerics import upcast
+from ..recompute import recompute
+from ..rules import Rules, gate, rms_norm, silu, ssm
+from .base import Architecture, LayerSSM, PatchContext, Sizes
+
+#: floats per token, layer and inner channel that autograd keeps through one Mamba layer, rounded up
+#: from a measurement (benchmarks/results/constants.md)
 ACTIVATION_FLOATS = 10
 #: tokens per piece when a recomputed layer runs in pieces over time (PyTorch backend), so that its
-#: intermediates stay a few MB at any length (see `recompute`); at 8,192 tokens on 2 CPU cores
-#: 512 was fastest of 256-2,048 (76-85 s against 85-91 s for 1,024, three runs each)
+#: intermediates stay a few MB at any length (see `recompute`); the fastest piece size measured
+#: (benchmarks/results/constants.md)
 RECOMPUTE_TILE = 512
 
 
-def norm_forward(norm, rules: R.Rules):
+def norm_forward(norm, ctx: PatchContext):
     """Replacement for `MambaRMSNorm.forward` / `FalconMambaRMSNorm.forward` (norm rule)."""
 
     def forward(hidden_states):
-        return R.rms_norm(hidden_states, norm.weight, norm.variance_epsilon, rules.norm)
+        return rms_norm(hidden_states, norm.weight, norm.variance_epsilon, ctx.rules.norm)
 
     return forward
 
@@ -40,33 +48,22 @@ def _mask(x, attention_mask):
     return x if attention_mask is None else x * attention_mask[:, :, None].to(x.dtype)
 
 
-def ssm_inputs(delta, A, B, C, D, rules: R.Rules):
-    """The ssm rule: with delta, B and C constant the scan (and so exp(delta A)) is linear in u.
-
-    A and D are weights: detaching them changes no input gradient, but it tells the scan that only
-    the linear path in u is needed, so its backward is one reverse scan and nothing more.
-    """
-    if rules.ssm:
-        return delta.detach(), A.detach(), B.detach(), C.detach(), D.detach()
-    return delta, A, B, C, D
-
-
 def _f32(p):
-    return None if p is None else R.upcast(p)
+    return None if p is None else upcast(p)
 
 
 def in_projection(mixer, hidden_states, attention_mask):
     """xs (the convolution's input) and z (the gate's pre-activation), [b, d_inner, T] each, float32."""
-    x = _mask(R.upcast(hidden_states), attention_mask)
+    x = _mask(upcast(hidden_states), attention_mask)
     projected = F.linear(x, _f32(mixer.in_proj.weight), _f32(mixer.in_proj.bias)).transpose(1, 2)
     return projected.chunk(2, dim=1)
 
 
-def ssm_parameters(mixer, xs, attention_mask, rules: R.Rules, backend: Backend, conv_history=None):
+def ssm_parameters(mixer, xs, attention_mask, rules: Rules, backend: Backend, conv_history=None):
     """u, delta [b, d_inner, T]; A [d_inner, n]; B, C [b, n, T]; D [d_inner] from the conv input xs,
     with the silu, norm and ssm rules applied. conv_history: the conv inputs before xs (see `MixerState`)."""
     conv = backend.conv1d(xs, _f32(mixer.conv1d.weight), _f32(mixer.conv1d.bias), conv_history)
-    u = _mask(R.silu(conv, rules.silu).transpose(1, 2), attention_mask)  # [b, T, d_inner]
+    u = _mask(silu(conv, rules.silu).transpose(1, 2), attention_mask)  # [b, T, d_inner]
 
     dt, B, C = torch.split(
         F.linear(u, _f32(mixer.x_proj.weight)),
@@ -74,18 +71,18 @@ def ssm_parameters(mixer, xs, attention_mask, rules: R.Rules, backend: Backend, 
         dim=-1,
     )
     if hasattr(mixer, "b_layernorm"):  # FalconMamba: weightless RMS norms on dt, B and C
-        dt, B, C = (R.rms_norm(t, None, mixer.rms_eps, rules.norm) for t in (dt, B, C))
+        dt, B, C = (rms_norm(t, None, mixer.rms_eps, rules.norm) for t in (dt, B, C))
     delta = F.softplus(_f32(mixer.dt_proj.weight) @ dt.transpose(1, 2) + _f32(mixer.dt_proj.bias)[:, None])
-    A = -torch.exp(R.upcast(mixer.A_log))
-    delta, A, B, C, D = ssm_inputs(delta, A, B.transpose(1, 2), C.transpose(1, 2), _f32(mixer.D), rules)
+    A = -torch.exp(upcast(mixer.A_log))
+    delta, A, B, C, D = ssm(delta, A, B.transpose(1, 2), C.transpose(1, 2), _f32(mixer.D), rules.ssm)
     return u.transpose(1, 2).contiguous(), delta.contiguous(), A, B.contiguous(), C.contiguous(), D
 
 
-def selective_parameters(mixer, hidden_states, attention_mask, rules: R.Rules, backend: Backend):
+def selective_parameters(mixer, hidden_states, attention_mask, rules: Rules, backend: Backend):
     """Everything the scan of one layer consumes, in float32, with the silu, norm and ssm rules applied.
 
     Returns u, delta [b, d_inner, T]; A [d_inner, n]; B, C [b, n, T]; D [d_inner]; z [b, d_inner, T]
-    (the gate's pre-activation). The hidden-attention baselines read the same quantities.
+    (the gate's pre-activation). `Mamba.scan_quantities` reads the same quantities for hidden attention.
     """
     xs, z = in_projection(mixer, hidden_states, attention_mask)
     return (*ssm_parameters(mixer, xs, attention_mask, rules, backend), z)
@@ -105,7 +102,7 @@ def _last_inputs(xs, history, k):
     return F.pad(seen[..., -(k - 1):], (max(0, k - 1 - seen.shape[-1]), 0)).clone()
 
 
-def mixer_core(mixer, hidden_states, attention_mask, rules: R.Rules, backend: Backend, memo=None,
+def mixer_core(mixer, hidden_states, attention_mask, rules: Rules, backend: Backend, memo=None,
                state: MixerState | None = None):
     """The selective SSM block of one layer: [b, T, hidden] -> ([b, T, hidden] float32, MixerState).
 
@@ -118,7 +115,7 @@ def mixer_core(mixer, hidden_states, attention_mask, rules: R.Rules, backend: Ba
                                           None if state is None else state.conv)
     y, last = backend.scan(u, delta, A, B, C, D, memo=memo if rules.ssm else None,
                            initial_state=None if state is None else state.ssm)
-    g = R.gate(y, R.silu(z, rules.silu), rules.gate)
+    g = gate(y, silu(z, rules.silu), rules.gate)
     out = F.linear(g.transpose(1, 2), _f32(mixer.out_proj.weight), _f32(mixer.out_proj.bias))
     if last is None:
         return out, None
@@ -126,10 +123,11 @@ def mixer_core(mixer, hidden_states, attention_mask, rules: R.Rules, backend: Ba
     return out, MixerState(_last_inputs(xs, history, mixer.conv1d.weight.shape[-1]), last)
 
 
-def mixer_forward(mixer, rules: R.Rules, backend: Backend):
+def mixer_forward(mixer, ctx: PatchContext):
     """Replacement for `MambaMixer.forward`; a cached (generation) call keeps transformers' path.
     With `return_state=True` it returns (output, `MixerState`) and continues from `state`."""
     original = type(mixer).forward
+    rules, backend = ctx.rules, ctx.backend
 
     def forward(hidden_states, cache=None, attention_mask=None, cache_params=None, memo=None, state=None,
                 return_state=False, **kwargs):
@@ -142,11 +140,12 @@ def mixer_forward(mixer, rules: R.Rules, backend: Backend):
     return forward
 
 
-def block_forward(block, rules: R.Rules, backend: Backend, checkpoint: str | None, slabs: HostSlabs):
+def block_forward(block, ctx: PatchContext):
     """Replacement for `MambaBlock.forward`: float32 residual stream, optional recomputation
-    (`checkpoint` = "device" keeps each layer's input on its device; "cpu" moves it to host memory
+    (`ctx.checkpoint` = "device" keeps each layer's input on its device; "cpu" moves it to host memory
     when the GPU could not also recompute a layer, ~ACTIVATION_FLOATS x d_inner floats per token)."""
     original = type(block).forward
+    backend, checkpoint, slabs = ctx.backend, ctx.checkpoint, ctx.slabs
 
     def forward(hidden_states, cache=None, attention_mask=None, cache_params=None, **kwargs):
         cache = cache if cache is not None else cache_params
@@ -158,7 +157,7 @@ def block_forward(block, rules: R.Rules, backend: Backend, checkpoint: str | Non
             out, state = block.mixer(block.norm(x), attention_mask=mask, memo=memo, state=state, return_state=True)
             return x + out, state
 
-        hidden_states = R.upcast(hidden_states)
+        hidden_states = upcast(hidden_states)
         if checkpoint and torch.is_grad_enabled() and hidden_states.requires_grad:
             tile = RECOMPUTE_TILE if backend.carries_state else None
             keep_free = None
@@ -172,7 +171,7 @@ def block_forward(block, rules: R.Rules, backend: Backend, checkpoint: str | Non
     return forward
 
 
-def backbone_forward(backbone):
+def backbone_forward(backbone, ctx: PatchContext):
     """Replacement for `MambaModel.forward`: a call without a cache runs uncached.
 
     transformers creates a cache whenever `use_cache` is on (its default in eval mode), and the
@@ -189,13 +188,38 @@ def backbone_forward(backbone):
     return forward
 
 
-def patches(model, rules: R.Rules, backend: Backend, checkpoint: str | None):
-    """(module, replacement forward) for every module of a Mamba-1 / FalconMamba backbone."""
-    backbone = model.base_model
-    yield backbone, backbone_forward(backbone)
-    slabs = HostSlabs()
-    for block in backbone.layers:
-        yield block, block_forward(block, rules, backend, checkpoint, slabs)
-        yield block.norm, norm_forward(block.norm, rules)
-        yield block.mixer, mixer_forward(block.mixer, rules, backend)
-    yield backbone.norm_f, norm_forward(backbone.norm_f, rules)
+class Mamba(Architecture):
+    """Mamba-1 and FalconMamba: `base_model.layers[i]` is a block `x + mixer(norm(x))`, then `norm_f`."""
+
+    name = "mamba"
+    supported = ("transformers' MambaForCausalLM and FalconMambaForCausalLM, and mambalrp_tools' "
+                 "MambaClassifier / FalconMambaClassifier")
+    patch_map = {
+        MambaModel: backbone_forward, FalconMambaModel: backbone_forward,
+        MambaBlock: block_forward, FalconMambaBlock: block_forward,
+        MambaRMSNorm: norm_forward, FalconMambaRMSNorm: norm_forward,  # not the mixer's weightless norms
+        MambaMixer: mixer_forward, FalconMambaMixer: mixer_forward,
+    }
+
+    def layers(self, model):
+        return list(model.base_model.layers)
+
+    def mixer(self, layer):
+        return layer.mixer
+
+    def final_norm(self, model):
+        return getattr(model.base_model, "norm_f", None)
+
+    def scan_quantities(self, mixer, hidden_states, attention_mask=None) -> LayerSSM:
+        backend = backends.resolve("torch", hidden_states.device)
+        with torch.no_grad():
+            u, delta, A, B, C, D, _ = selective_parameters(mixer, hidden_states, attention_mask, Rules.none(), backend)
+        return LayerSSM(u, delta, A, B, C, D, attention_mask)
+
+    def sizes(self, model) -> Sizes:
+        config = model.config
+        return Sizes(layers=config.num_hidden_layers, hidden=config.hidden_size, inner=config.intermediate_size,
+                     state=config.state_size, activation_floats=ACTIVATION_FLOATS)
+
+
+MAMBA = Mamba()

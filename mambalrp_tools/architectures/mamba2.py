@@ -16,14 +16,18 @@ The scan runs in `ssd.py` (PyTorch, chunked, cheap backward under the ssm rule; 
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
+from transformers.models.mamba2.modeling_mamba2 import Mamba2Block, Mamba2Mixer, Mamba2Model, Mamba2RMSNorm
 
-from .. import rules as R
 from ..backends import Backend
+from ..numerics import upcast
+from ..rules import Rules, gate, rms_norm, silu, ssm
 from ..ssd import cuda_chunk_scan, kernel_ssd_scan, ssd_scan
-from . import mamba
-from .mamba import MixerState, _f32, _last_inputs, _mask
+from .base import Architecture, PatchContext, Sizes
+from .mamba import MixerState, _f32, _last_inputs, _mask, backbone_forward, block_forward, norm_forward
 
 #: floats per token, layer and inner channel that autograd keeps through one Mamba-2 layer: taken
 #: as Mamba-1's (the patched forward saves tensors of the same widths); not measured for Mamba-2
@@ -32,40 +36,38 @@ ACTIVATION_FLOATS = 10
 _TORCH = Backend("torch")
 
 
-def ssm_parameters(mixer, hidden_states, attention_mask, rules: R.Rules, conv_history=None):
+def ssm_parameters(mixer, hidden_states, attention_mask, rules: Rules, conv_history=None):
     """Everything the SSD scan of one layer consumes, float32, with the silu and ssm rules applied.
 
     Returns x [b, T, h, p]; dt [b, T, h] (softplus'ed, clamped); A [h]; B, C [b, T, g, n]; D [h];
     z [b, T, d_inner] (the gate's pre-activation); xBC [b, conv_dim, T] (the convolution's input).
     """
     b, T, _ = hidden_states.shape
-    h = _mask(R.upcast(hidden_states), attention_mask)
+    h = _mask(upcast(hidden_states), attention_mask)
     projected = F.linear(h, _f32(mixer.in_proj.weight), _f32(mixer.in_proj.bias))
     z, xBC, dt = projected.split([mixer.intermediate_size, mixer.conv_dim, mixer.num_heads], dim=-1)
     xBC = xBC.transpose(1, 2)
     conv = _TORCH.conv1d(xBC, _f32(mixer.conv1d.weight), _f32(mixer.conv1d.bias), conv_history)
-    u = _mask(R.silu(conv, rules.silu).transpose(1, 2), attention_mask)
+    u = _mask(silu(conv, rules.silu).transpose(1, 2), attention_mask)
     gn = mixer.n_groups * mixer.ssm_state_size
     x, B, C = u.split([mixer.intermediate_size, gn, gn], dim=-1)
     lo, hi = mixer.time_step_limit
     dt = F.softplus(dt + _f32(mixer.dt_bias)).clamp(min=lo, max=hi)
-    A = -torch.exp(R.upcast(mixer.A_log))
+    A = -torch.exp(upcast(mixer.A_log))
     B = B.reshape(b, T, mixer.n_groups, mixer.ssm_state_size)
     C = C.reshape(b, T, mixer.n_groups, mixer.ssm_state_size)
-    if rules.ssm:  # A and D are weights; detaching them tells the scan only the path in x is needed
-        dt, A, B, C = dt.detach(), A.detach(), B.detach(), C.detach()
-    D = _f32(mixer.D).detach() if rules.ssm else _f32(mixer.D)
+    dt, A, B, C, D = ssm(dt, A, B, C, _f32(mixer.D), rules.ssm)
     x = x.reshape(b, T, mixer.num_heads, mixer.head_dim)
     return x, dt, A, B, C, D, z, xBC
 
 
-def gated_norm(norm, y, z, rules: R.Rules):
+def gated_norm(norm, y, z, rules: Rules):
     """transformers' `MambaRMSNormGated`: RMS-normalise y * SiLU(z) per group of channels, times weight
     (gate rule on the product, silu rule on SiLU(z), norm rule on the normaliser)."""
-    g = R.gate(y, R.silu(z, rules.silu), rules.gate)
+    g = gate(y, silu(z, rules.silu), rules.gate)
     grouped = g.unflatten(-1, (-1, norm.group_size))
-    normed = R.rms_norm(grouped, None, norm.variance_epsilon, rules.norm).flatten(-2)
-    return normed * R.upcast(norm.weight)
+    normed = rms_norm(grouped, None, norm.variance_epsilon, rules.norm).flatten(-2)
+    return normed * upcast(norm.weight)
 
 
 def scan(mixer, x, dt, A, B, C, D, backend: Backend, initial_state=None):
@@ -77,7 +79,7 @@ def scan(mixer, x, dt, A, B, C, D, backend: Backend, initial_state=None):
     return ssd_scan(x, dt, A, B, C, D, backend.chunk_size, initial_state, return_last_state=True)
 
 
-def mixer_core(mixer, hidden_states, attention_mask, rules: R.Rules, backend: Backend,
+def mixer_core(mixer, hidden_states, attention_mask, rules: Rules, backend: Backend,
                state: MixerState | None = None):
     """One Mamba-2 mixer: [b, T, hidden] -> ([b, T, hidden] float32, MixerState to continue from)."""
     x, dt, A, B, C, D, z, xBC = ssm_parameters(mixer, hidden_states, attention_mask, rules,
@@ -89,10 +91,11 @@ def mixer_core(mixer, hidden_states, attention_mask, rules: R.Rules, backend: Ba
     return out, MixerState(_last_inputs(xBC, history, mixer.conv_kernel_size), last)
 
 
-def mixer_forward(mixer, rules: R.Rules, backend: Backend):
+def mixer_forward(mixer, ctx: PatchContext):
     """Replacement for `Mamba2Mixer.forward`; a cached (generation) call keeps transformers' path.
     With `return_state=True` it returns (output, `MixerState`) and continues from `state`."""
     original = type(mixer).forward
+    rules, backend = ctx.rules, ctx.backend
 
     def forward(hidden_states, cache=None, attention_mask=None, cache_params=None, memo=None, state=None,
                 return_state=False, **kwargs):
@@ -105,18 +108,11 @@ def mixer_forward(mixer, rules: R.Rules, backend: Backend):
     return forward
 
 
-def patches(model, rules: R.Rules, backend: Backend, checkpoint: str | None):
-    """(module, replacement forward) for every module of a Mamba-2 backbone."""
-    backbone = model.base_model
-    yield backbone, mamba.backbone_forward(backbone)
-    # the block recomputes in pieces carrying (conv history, scan state) on every backend here
-    block_backend = Backend("torch", backend.chunk_size)
-    slabs = mamba.HostSlabs()
-    for block in backbone.layers:
-        yield block, mamba.block_forward(block, rules, block_backend, checkpoint, slabs)
-        yield block.norm, mamba.norm_forward(block.norm, rules)
-        yield block.mixer, mixer_forward(block.mixer, rules, backend)
-    yield backbone.norm_f, mamba.norm_forward(backbone.norm_f, rules)
+def mamba2_block_forward(block, ctx: PatchContext):
+    """Mamba-1's block (`x + mixer(norm(x))`, recomputation in pieces): the Mamba-2 mixer carries its
+    state on every backend (mamba-ssm's SSD kernel starts from a given state), so the block runs on
+    a PyTorch-like context and always recomputes in pieces."""
+    return block_forward(block, dataclasses.replace(ctx, backend=Backend("torch", ctx.backend.chunk_size)))
 
 
 # --------------------------------------------------------------------------- hidden attention
@@ -133,7 +129,7 @@ class LayerAttention:
 
     def __init__(self, mixer, hidden_states, attention_mask=None):
         with torch.no_grad():
-            x, dt, A, B, C, D, _, _ = ssm_parameters(mixer, hidden_states, attention_mask, R.Rules.none())
+            x, dt, A, B, C, D, _, _ = ssm_parameters(mixer, hidden_states, attention_mask, Rules.none())
         self.x, self.dt, self.A, self.B, self.C, self.D = x, dt, A, B, C, D
         self.S = dt.double().cumsum(1)  # float64: differences of a long cumulative sum stay precise
         self.mask = attention_mask
@@ -171,3 +167,33 @@ class LayerAttention:
         for t0 in range(0, end, block):
             t1 = min(t0 + block, end)
             yield t0, t1, self.rows(t0, t1)
+
+
+class Mamba2(Architecture):
+    """Mamba-2: `base_model.layers[i]` is a block `x + mixer(norm(x))`, then `norm_f`."""
+
+    name = "mamba2"
+    supported = "transformers' Mamba2ForCausalLM and mambalrp_tools' Mamba2Classifier"
+    patch_map = {Mamba2Model: backbone_forward, Mamba2Block: mamba2_block_forward, Mamba2RMSNorm: norm_forward,
+                 Mamba2Mixer: mixer_forward}  # the gated norm inside the mixer is the mixer's own business
+
+    def layers(self, model):
+        return list(model.base_model.layers)
+
+    def mixer(self, layer):
+        return layer.mixer
+
+    def final_norm(self, model):
+        return model.base_model.norm_f
+
+    def scan_quantities(self, mixer, hidden_states, attention_mask=None) -> LayerAttention:
+        return LayerAttention(mixer, hidden_states, attention_mask)
+
+    def sizes(self, model) -> Sizes:
+        config = model.config
+        return Sizes(layers=config.num_hidden_layers, hidden=config.hidden_size,
+                     inner=int(config.expand * config.hidden_size), state=config.state_size,
+                     activation_floats=ACTIVATION_FLOATS)
+
+
+MAMBA2 = Mamba2()

@@ -148,7 +148,7 @@ def copy_alignment(model, examples, methods=("mambalrp", "gradient_x_input", "ra
                 g = alignment_matrix(model, ex, spec)
                 cols = torch.as_tensor(ex.candidates).long()
                 summary["matrices"][spec.label] = {
-                    "relevance": [[round(float(v), 6) for v in row] for row in g.relevance[:, cols]],
+                    "relevance": [[round(float(v), 6) for v in row] for row in g.relevance[0][:, cols]],
                     "source_positions": cols.tolist()}
         run.write_summary(summary)
     finally:

@@ -20,21 +20,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..architectures import architecture_of
 from .base import Result, open_run, prepare, run_per_sample
 from .common import relevance
 
 
 def stages(model) -> list[tuple[str, list[torch.nn.Module]]]:
-    """(name, modules) from the top down, for Mamba-style models (and their classifiers)."""
-    backbone = model.base_model
-    out = [("head", [model.get_output_embeddings()])]
-    if getattr(backbone, "norm_f", None) is not None:
-        out.append(("norm_f", [backbone.norm_f]))
-    n = len(backbone.layers)
-    for i in reversed(range(n)):
-        out.append((f"layer_{i}", [backbone.layers[i]]))
-    out.append(("embeddings", [model.get_input_embeddings()]))
-    return out
+    """(name, modules) from the top down, as the model's architecture lists them."""
+    return architecture_of(model).stages(model)
 
 
 @torch.no_grad()

@@ -1,7 +1,8 @@
 """What every attribution method receives (`Query`) and the registry that `explain` dispatches on.
 
 A method is a function `fn(query, **kwargs) -> Tensor[batch, seq_len]` registered with
-`@register("name", aliases=...)`. It runs the model through `query.patched(rules)` (the fast
+`@register("name", aliases=..., completeness=..., conserves=..., signed=..., takes_rules=...)`, which
+records what the method promises (`method_info`). It runs the model through `query.patched(rules)` (the fast
 chunked-scan forward; rules off = the true gradient) and its objective `query.forward_func`, whose
 extra arguments `query.forward_args` Captum expands along the batch like the inputs.
 """
@@ -15,20 +16,54 @@ from typing import Callable
 import torch
 
 from ..architectures import lrp_mode
-from ..rules import Rules, upcast
+from ..numerics import upcast
+from ..rules import Rules
 
 METHODS: dict[str, Callable] = {}
 ALIASES: dict[str, str] = {}
+INFO: dict[str, "MethodInfo"] = {}
+#: what sum_t R_t of a method is compared with (`MethodInfo.completeness`)
+COMPLETENESS = ("f", "f - f(baseline)")
 
 
-def register(name: str, aliases: tuple[str, ...] = ()):
+@dataclass(frozen=True)
+class MethodInfo:
+    """What a registered method promises about its relevance."""
+
+    name: str
+    aliases: tuple[str, ...] = ()
+    #: what sum_t R_t is compared with: "f" (the explained logit), "f - f(baseline)" (Integrated
+    #: Gradients' completeness), or None (the sum means nothing: norms, rollouts, random scores)
+    completeness: str | None = None
+    conserves: bool = False  # sum_t R_t equals the completeness target (up to float / integration error)
+    signed: bool = True  # relevance can be negative
+    takes_rules: bool = False  # accepts `rules=` (the MambaLRP rule switches, checked by `Rules.of`)
+
+
+def register(name: str, aliases: tuple[str, ...] = (), *, completeness: str | None = None, conserves: bool = False,
+             signed: bool = True, takes_rules: bool = False):
+    """Register `fn(query, **kwargs) -> relevance [B, T]` as `explain(method=name)`, with its metadata.
+
+    The defaults (no completeness target, signed, no rules) suit a method that promises nothing.
+    """
+    if completeness is not None and completeness not in COMPLETENESS:
+        raise ValueError(f"completeness must be one of {COMPLETENESS} or None, got {completeness!r}")
+    if conserves and completeness is None:
+        raise ValueError("a method that conserves needs a completeness target")
+
     def wrap(fn):
         METHODS[name] = fn
+        INFO[name] = MethodInfo(name, tuple(aliases), completeness, bool(conserves), bool(signed), bool(takes_rules))
         for alias in aliases:
             ALIASES[alias] = name
         return fn
 
     return wrap
+
+
+def method_info(name: str) -> MethodInfo:
+    """The metadata of a registered method (by name or alias; ValueError for an unknown one)."""
+    return INFO[resolve_method(name)]
 
 
 def resolve_method(name: str) -> str:
@@ -57,6 +92,8 @@ class Query:
     chunk_size: int | None = None
     checkpoint: bool | str | None = None
     logit: torch.Tensor | None = field(default=None, init=False)  # f at the input, set by `resolve`
+    #: f at the baseline, set by methods whose completeness target is f - f(baseline)
+    baseline_logit: torch.Tensor | None = field(default=None, init=False)
 
     @property
     def seq_len(self) -> int:

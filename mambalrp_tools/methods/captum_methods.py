@@ -20,21 +20,20 @@ import dataclasses
 import torch
 from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
 
+from ..architectures import architecture_of
 from ..rules import Rules
 from .base import register
 
 BASELINES = ("zero", "pad", "unk")
 #: "auto" batches (IG path points, SmoothGrad noisy copies) keep (points x tokens x layers x d_inner)
-#: per forward below this; about 44 bytes each were measured with autograd on a 130m model (~6 GB)
+#: per forward below this: a few GB of activations (bytes per element: benchmarks/results/constants.md)
 AUTO_BATCH_ELEMENTS = 2**27
 #: on CPU also (points x d_inner x d_state) below this, so that the scan's per-step states stay in a
-#: core's L2 cache: larger batches run slower per point. Measured on 2 cores (IG, seconds per point):
-#: 130m model at 256 tokens 3.1 in batches of 2, 5.1 in 6, 8.3 in 20; at 1,024 tokens 14.4 in 2,
-#: 31.6 in 10; toy/needle (d_inner x d_state = 4,096) best in batches of 10, toy/copying (6,144) of 4.
+#: core's L2 cache: larger batches run slower per point (benchmarks/results/constants.md)
 AUTO_BATCH_CPU_STATE_FLOATS = 2**15
 
 
-@register("gradient", aliases=("saliency",))
+@register("gradient", aliases=("saliency",), signed=False)
 def gradient(query):
     """Saliency: the L2 norm of df/de per token (non-negative, as Captum's `Saliency`)."""
     query.resolve()
@@ -46,7 +45,7 @@ def gradient(query):
     return grads.norm(dim=-1)
 
 
-@register("integrated_gradients", aliases=("ig",))
+@register("integrated_gradients", aliases=("ig",), completeness="f - f(baseline)", conserves=True)
 def integrated_gradients(query, n_steps: int = 50, baseline="zero", baseline_token_id: int | None = None,
                          internal_batch_size: int | str | None = "auto", method: str = "gausslegendre"):
     """Integrated Gradients (Captum `IntegratedGradients`) on the input embeddings.
@@ -74,6 +73,8 @@ def integrated_gradients(query, n_steps: int = 50, baseline="zero", baseline_tok
             embeds.requires_grad_(), baselines=base, additional_forward_args=query.forward_args,
             n_steps=int(n_steps), method=method, internal_batch_size=internal_batch_size,
         )
+        with torch.no_grad():  # the completeness target is f(x) - f(baseline)
+            query.baseline_logit = query.forward_func(base, *query.forward_args).float().cpu()
     return attr.sum(-1)
 
 
@@ -118,12 +119,10 @@ def auto_batch(query, points: int) -> int:
     """How many of `points` inputs of the query's length to run through the model at once: all of
     them unless their activations would pass AUTO_BATCH_ELEMENTS or, on CPU, their scan states
     AUTO_BATCH_CPU_STATE_FLOATS (may return 0: the caller applies its minimum)."""
-    config = query.model.config
-    mixer = query.model.base_model.layers[0].mixer
-    width = getattr(mixer, "intermediate_size", config.hidden_size)
-    fit = AUTO_BATCH_ELEMENTS // (query.seq_len * config.num_hidden_layers * width)
+    sizes = architecture_of(query.model).sizes(query.model)
+    fit = AUTO_BATCH_ELEMENTS // (query.seq_len * sizes.layers * sizes.inner)
     if query.input_ids.device.type == "cpu":
-        fit = min(fit, AUTO_BATCH_CPU_STATE_FLOATS // (width * getattr(mixer, "ssm_state_size", 16)))
+        fit = min(fit, AUTO_BATCH_CPU_STATE_FLOATS // (sizes.inner * sizes.state))
     return min(points, fit)
 
 

@@ -26,14 +26,11 @@ matrices, so they push one row vector through the layers (last to first), one bl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
-from .. import backends
-from ..architectures import architecture_of, eval_mode, mamba2
-from ..architectures.mamba import selective_parameters
+from ..architectures import LayerSSM, architecture_of, eval_mode
 from ..rules import Rules
 from .base import Query, register
 
@@ -43,45 +40,6 @@ BUDGET = 1 << 23
 LEAF = 8
 #: most rows per block (larger blocks recompute the keys' decays less often)
 MAX_BLOCK = 512
-
-
-@dataclass
-class LayerSSM:
-    """What the hidden attention of one layer needs (shapes as `selective_parameters` returns them)."""
-
-    u: torch.Tensor  # [b, d, T]
-    delta: torch.Tensor  # [b, d, T]
-    A: torch.Tensor  # [d, n]
-    B: torch.Tensor  # [b, n, T]
-    C: torch.Tensor  # [b, n, T]
-    D: torch.Tensor  # [d]
-    mask: torch.Tensor | None = None  # [b, T]; columns of padded positions are zeroed
-
-    @classmethod
-    def of(cls, mixer, hidden_states, attention_mask=None) -> "LayerSSM":
-        """Parameters of `mixer` for its input `hidden_states` [b, T, hidden] (true values, float32)."""
-        backend = backends.resolve("torch", hidden_states.device)
-        with torch.no_grad():
-            u, delta, A, B, C, D, _ = selective_parameters(mixer, hidden_states, attention_mask, Rules.none(), backend)
-        return cls(u, delta, A, B, C, D, attention_mask)
-
-    def channels(self, index) -> "LayerSSM":
-        """The same layer restricted to channels `index` (a slice or index tensor); for per-channel checks."""
-        return LayerSSM(self.u[:, index], self.delta[:, index], self.A[index], self.B, self.C, self.D[index], self.mask)
-
-    def to(self, dtype) -> "LayerSSM":
-        return LayerSSM(*(t.to(dtype) for t in (self.u, self.delta, self.A, self.B, self.C, self.D)), self.mask)
-
-    @property
-    def seq_len(self) -> int:
-        return self.delta.shape[-1]
-
-    @property
-    def batch(self) -> int:
-        return self.delta.shape[0]
-
-    def row_blocks(self, end: int, block: int | None = None, budget: int = BUDGET, leaf: int = LEAF):
-        return _Tiler(self, budget, leaf).row_blocks(end, block)
 
 
 class _Tiler:
@@ -211,38 +169,38 @@ class _Tiler:
             yield t0, t1, self.rows(t0, t1)
 
 
-def attention_rows(layer: LayerSSM, t0: int, t1: int, budget: int = BUDGET, leaf: int = LEAF) -> torch.Tensor:
-    """Rows [t0, t1) of the layer's hidden attention, columns [0, t1): [b, t1 - t0, t1] (signed)."""
-    return _Tiler(layer, budget, leaf).rows(t0, t1)
-
-
 def attention_matrix(layer: LayerSSM, budget: int = BUDGET, leaf: int = LEAF) -> torch.Tensor:
     """The full [b, T, T] hidden attention of one layer (signed, channel-averaged, lower triangular)."""
-    T = layer.seq_len
-    out = None
+    b, T = _batch_and_length(layer)
+    out = layer.A.new_zeros(b, T, T)
     for t0, t1, rows in _row_blocks(layer, T, None, budget, leaf):
-        out = rows.new_zeros(rows.shape[0], T, T) if out is None else out
         out[:, t0:t1, :t1] = rows
     return out
 
 
 def _row_blocks(layer, end, block, budget, leaf):
-    """(t0, t1, rows) of a layer's hidden attention: a Mamba-1 `LayerSSM` (tiled, budget and leaf
-    apply) or a Mamba-2 `mamba2.LayerAttention` (a block of rows at a time)."""
+    """(t0, t1, rows) of a layer's hidden attention: tiled here for a `LayerSSM` (Mamba-1's scan form;
+    budget and leaf apply), by the layer's own object otherwise (e.g. Mamba-2's per-head attention)."""
     if isinstance(layer, LayerSSM):
-        return layer.row_blocks(end, block, budget, leaf)
+        return _Tiler(layer, budget, leaf).row_blocks(end, block)
     return layer.row_blocks(end, block)
 
 
+def _batch_and_length(layer) -> tuple[int, int]:
+    if isinstance(layer, LayerSSM):
+        return layer.delta.shape[0], layer.delta.shape[-1]
+    return layer.batch, layer.seq_len
+
+
 def capture_layers(query, grad: bool = False):
-    """Run the model once (true values) and return each layer's `LayerSSM` (Mamba-2:
-    `mamba2.LayerAttention`).
+    """Run the model once (true values) and return each layer's `LayerSSM`.
 
     With grad=True (needs `query.target`) also returns df/d(block output) per layer [b, T, hidden]:
     block l's output is its input plus its mixer's output, so this is the gradient of f w.r.t. the
     mixer's output.
     """
-    mixers = [block.mixer for block in query.model.base_model.layers]
+    arch = architecture_of(query.model)
+    mixers = [arch.mixer(layer) for layer in arch.layers(query.model)]
     inputs, outputs, handles = [], [], []
 
     def pre_hook(module, args, kwargs):
@@ -270,8 +228,7 @@ def capture_layers(query, grad: bool = False):
             h.remove()
     if len(inputs) != len(mixers):
         raise RuntimeError(f"captured {len(inputs)} mixer calls for {len(mixers)} layers")
-    of = mamba2.LayerAttention if architecture_of(query.model) is mamba2 else LayerSSM.of
-    layers = [of(m, h, mask) for m, h, mask in inputs]
+    layers = [arch.scan_quantities(m, h, mask) for m, h, mask in inputs]
     return (layers, [g.detach() for g in grads]) if grad else layers
 
 
@@ -297,7 +254,7 @@ def rollout_row(layers: list[LayerSSM], position: int, column_weights=None, bloc
     column_weights: optional per layer [b, T] factors multiplied into the columns of |alpha_l| (mamba_attr).
     Computed as r <- r @ Ahat_l, one block of rows of Ahat_l at a time; only positions <= `position` matter.
     """
-    b, T = layers[0].batch, layers[0].seq_len
+    b, T = _batch_and_length(layers[0])
     p = position % T
     r = layers[0].A.new_zeros(b, p + 1)
     r[:, p] = 1
@@ -319,7 +276,7 @@ def rollout_row(layers: list[LayerSSM], position: int, column_weights=None, bloc
     return torch.nn.functional.pad(r, (0, T - p - 1))
 
 
-@register("attention_rollout", aliases=("rollout",))
+@register("attention_rollout", aliases=("rollout",), signed=False)
 def attention_rollout(query, block: int | None = None):
     """Attention rollout over Mamba's hidden attention: row `position` of prod_l rownorm(|alpha_l| + I).
 
@@ -330,7 +287,7 @@ def attention_rollout(query, block: int | None = None):
     return rollout_row(capture_layers(query), query.position, block=block)
 
 
-@register("mamba_attr", aliases=("mambaattr",))
+@register("mamba_attr", aliases=("mambaattr",), signed=False)
 def mamba_attr(query, block: int | None = None):
     """Mamba-Attr (Ali et al. 2024): rollout of hidden attention weighted by gradients.
 
