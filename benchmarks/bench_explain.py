@@ -12,6 +12,9 @@ Every measurement runs in a fresh worker process, so each peak memory (process R
     /HF fwd    the method's time / transformers' model(ids, logits_to_keep=1) under no_grad
     /own fwd   the same / this package's forward (rules off) under no_grad
     /HF GxI    the same / transformers' Gradient x Input (forward + backward, weight grads included)
+
+--paired adds, per length, mambalrp / HF fwd with both run alternately in one process (the fastest
+of PAIRED_REPEATS each), which a machine shared with other jobs disturbs far less than separate workers.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ SIZES = {
     ("mamba", "130m"): dict(vocab_size=50280, hidden_size=768, num_hidden_layers=24, intermediate_size=1536, state_size=16),
     ("mamba", "1.4b"): dict(vocab_size=50280, hidden_size=2048, num_hidden_layers=48, intermediate_size=4096, state_size=16),
     ("mamba", "2.8b"): dict(vocab_size=50280, hidden_size=2560, num_hidden_layers=64, intermediate_size=5120, state_size=16),
-    ("mamba2", "130m"): dict(vocab_size=50288, hidden_size=768, num_hidden_layers=24, state_size=128, head_dim=64,
-                             expand=2, num_heads=24, n_groups=1),
+    ("mamba2", "130m"): dict(vocab_size=50280, hidden_size=768, num_hidden_layers=24, expand=2, num_heads=24,
+                             head_dim=64, n_groups=1, state_size=128, chunk_size=256, use_bias=False,
+                             use_conv_bias=True),
 }
 #: method short names -> (explain method, its keyword arguments)
 METHODS = {
@@ -43,6 +47,8 @@ METHODS = {
     "mamba_attr": ("mamba_attr", {}),
 }
 REFERENCES = ("hf_forward", "own_forward", "hf_gxi")
+#: --paired: transformers' forward and explain alternately in one worker, the fastest of this many each
+PAIRED_REPEATS = 3
 
 
 def build(arch, size, device, dtype):
@@ -70,7 +76,7 @@ def worker(kind: str, args) -> dict:
     ck = {"auto": None, "off": False}.get(args.checkpoint, args.checkpoint)
     extra = {} if args.precision is None else {"precision": args.precision}
 
-    def run():
+    def run(kind=kind):
         if kind == "hf_forward":
             with torch.no_grad():
                 model(ids, logits_to_keep=1)
@@ -87,6 +93,20 @@ def worker(kind: str, args) -> dict:
             mlt.explain(model, ids, target=0, method=method, checkpoint=ck, **kwargs, **extra)
 
     gpu = device.startswith("cuda")
+    if kind == "paired":
+        best = {"hf_forward": float("inf"), "mambalrp": float("inf")}
+        for k in best:  # warm up both paths
+            run(k)
+        for _ in range(PAIRED_REPEATS):
+            for k in best:
+                if gpu:
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                run(k)
+                if gpu:
+                    torch.cuda.synchronize()
+                best[k] = min(best[k], time.perf_counter() - start)
+        return {"seconds": best["mambalrp"], "hf_seconds": best["hf_forward"], "ratio": best["mambalrp"] / best["hf_forward"]}
     repeats = 1
     if gpu:  # warm up kernels and the allocator, then time the median of 3
         if T * args.batch <= 65536:
@@ -160,7 +180,8 @@ def parser():
     p.add_argument("--checkpoint", default="auto", help="auto | off | device | cpu (explain's layer recomputation)")
     p.add_argument("--timeout", type=int, default=1800)
     p.add_argument("--json", help="also write the rows to this file")
-    p.add_argument("--worker", choices=REFERENCES + tuple(METHODS), help=argparse.SUPPRESS)
+    p.add_argument("--paired", action="store_true", help="also time mambalrp and HF forward alternately in one process")
+    p.add_argument("--worker", choices=REFERENCES + tuple(METHODS) + ("paired",), help=argparse.SUPPRESS)
     return p
 
 
@@ -193,6 +214,12 @@ def main():
             r = {"T": T, "batch": args.batch, "method": name, "result": measure(name, T, args), **ref}
             rows.append(r)
             print("| " + " | ".join(str(c) for c in _cells(r)) + " |", flush=True)
+        if args.paired:
+            pr = measure("paired", T, args)
+            rows.append({"T": T, "batch": args.batch, "method": "paired", "result": pr})
+            print(f"# paired in one process, T={T}: mambalrp / HF fwd = "
+                  + (f"{pr['ratio']:.2f}x ({pr['seconds']:.3g} s / {pr['hf_seconds']:.3g} s)" if "ratio" in pr else pr["error"]),
+                  flush=True)
     timed = [(r["T"], r["result"]["seconds"]) for r in rows if r["method"] == "mambalrp" and "seconds" in r["result"]]
     for (t0, s0), (t1, s1) in zip(timed, timed[1:]):
         print(f"# mambalrp time grows {s1 / s0:.2f}x from T={t0} to T={t1} ({t1 / t0:g}x the tokens)")

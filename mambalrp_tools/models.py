@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.falcon_mamba.modeling_falcon_mamba import FalconMambaModel, FalconMambaPreTrainedModel
 from transformers.models.mamba.modeling_mamba import MambaModel, MambaPreTrainedModel
+from transformers.models.mamba2.modeling_mamba2 import Mamba2Model, Mamba2PreTrainedModel
 
 TOY_DIR = Path(__file__).parent / "zoo" / "models"
 #: files of which a local directory must hold one for a tokenizer to be loaded from it
@@ -60,11 +61,17 @@ class FalconMambaClassifier(_ClassifierMixin, FalconMambaPreTrainedModel):
         self._build(config, FalconMambaModel)
 
 
-CLASSIFIERS = {"mamba": MambaClassifier, "falcon_mamba": FalconMambaClassifier}
+class Mamba2Classifier(_ClassifierMixin, Mamba2PreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self._build(config, Mamba2Model)
+
+
+CLASSIFIERS = {"mamba": MambaClassifier, "falcon_mamba": FalconMambaClassifier, "mamba2": Mamba2Classifier}
 
 
 def make_classifier(config) -> nn.Module:
-    """A freshly initialised classifier for a Mamba/FalconMamba config with `num_labels` set."""
+    """A freshly initialised classifier for a Mamba/FalconMamba/Mamba-2 config with `num_labels` set."""
     if config.model_type not in CLASSIFIERS:
         raise TypeError(f"no classifier for model_type {config.model_type!r}; supported: {sorted(CLASSIFIERS)}")
     config.architectures = [CLASSIFIERS[config.model_type].__name__]

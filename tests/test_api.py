@@ -239,20 +239,20 @@ def test_bad_input_messages_say_what_to_do(tokenizer):
 # --------------------------------------------------------------------------- unsupported models
 
 def unsupported_models():
-    from transformers import GPT2Config, GPT2LMHeadModel, Mamba2Config, Mamba2ForCausalLM, MambaModel
+    from transformers import GPT2Config, GPT2LMHeadModel, Mamba2Config, Mamba2Model, MambaModel
 
     torch.manual_seed(0)
     return {
         "bare MambaModel (no head)": MambaModel(tiny_config("mamba")).eval(),
         "GPT-2": GPT2LMHeadModel(GPT2Config(vocab_size=97, n_embd=32, n_layer=1, n_head=2, n_positions=64)).eval(),
-        "Mamba2 (planned)": Mamba2ForCausalLM(Mamba2Config(vocab_size=97, hidden_size=32, num_hidden_layers=1,
-                                                           num_heads=4, head_dim=16, state_size=8,
-                                                           n_groups=1, expand=2)).eval(),
+        "bare Mamba2Model (no head)": Mamba2Model(Mamba2Config(vocab_size=97, hidden_size=32, num_hidden_layers=1,
+                                                               num_heads=4, head_dim=16, state_size=8,
+                                                               n_groups=1, expand=2)).eval(),
         "a plain nn.Linear": torch.nn.Linear(4, 4),
     }
 
 
-@pytest.mark.parametrize("name", ["bare MambaModel (no head)", "GPT-2", "Mamba2 (planned)", "a plain nn.Linear"])
+@pytest.mark.parametrize("name", ["bare MambaModel (no head)", "GPT-2", "bare Mamba2Model (no head)", "a plain nn.Linear"])
 def test_unsupported_model_raises_type_error_naming_the_supported(name):
     model = unsupported_models()[name]
     snap = snapshot(model)
@@ -260,7 +260,7 @@ def test_unsupported_model_raises_type_error_naming_the_supported(name):
         with pytest.raises(TypeError) as info:
             call()
         message = str(info.value)
-        assert "MambaForCausalLM" in message and "FalconMambaForCausalLM" in message, message
+        assert all(cls in message for cls in ("MambaForCausalLM", "FalconMambaForCausalLM", "Mamba2ForCausalLM")), message
     assert_untouched(model, snap)
 
 

@@ -15,6 +15,7 @@ import torch
 
 from transformers.models.falcon_mamba.modeling_falcon_mamba import FalconMambaModel
 from transformers.models.mamba.modeling_mamba import MambaModel
+from transformers.models.mamba2.modeling_mamba2 import Mamba2Model
 
 from .. import backends
 from ..numerics import resolve_precision
@@ -22,9 +23,10 @@ from ..recompute import HostSlabs
 from ..rules import Rules
 from .base import Architecture, LayerSSM, PatchContext, Sizes
 from .mamba import MAMBA
+from .mamba2 import MAMBA2
 
 #: backbone class (what `model.base_model` is) -> its Architecture
-ARCHITECTURES: dict[type, Architecture] = {MambaModel: MAMBA, FalconMambaModel: MAMBA}
+ARCHITECTURES: dict[type, Architecture] = {MambaModel: MAMBA, FalconMambaModel: MAMBA, Mamba2Model: MAMBA2}
 #: host memory that stored activations may take before layers are recomputed (checkpoint=None)
 CPU_ACTIVATION_BUDGET = 2 * 2**30
 
@@ -42,7 +44,7 @@ def register_architecture(backbone_cls: type, arch: Architecture) -> None:
 def supported() -> str:
     """The supported model classes, for error messages."""
     names = dict.fromkeys(arch.supported for arch in ARCHITECTURES.values())
-    return "; ".join(names) + " (Mamba2ForCausalLM is planned)"
+    return "; ".join(names)
 
 
 def architecture_of(model) -> Architecture:

@@ -219,11 +219,25 @@ class _Tiler:
 
 def attention_matrix(layer: LayerSSM, budget: int = BUDGET, leaf: int = LEAF) -> torch.Tensor:
     """The full [b, T, T] hidden attention of one layer (signed, channel-averaged, lower triangular)."""
-    T = layer.delta.shape[-1]
-    out = layer.delta.new_zeros(layer.delta.shape[0], T, T)
-    for t0, t1, rows in _Tiler(layer, budget, leaf).row_blocks(T):
+    b, T = _batch_and_length(layer)
+    out = layer.A.new_zeros(b, T, T)
+    for t0, t1, rows in _row_blocks(layer, T, None, budget, leaf):
         out[:, t0:t1, :t1] = rows
     return out
+
+
+def _row_blocks(layer, end, block, budget, leaf):
+    """(t0, t1, rows) of a layer's hidden attention: tiled here for a `LayerSSM` (Mamba-1's scan form;
+    budget and leaf apply), by the layer's own object otherwise (e.g. Mamba-2's per-head attention)."""
+    if isinstance(layer, LayerSSM):
+        return _Tiler(layer, budget, leaf).row_blocks(end, block)
+    return layer.row_blocks(end, block)
+
+
+def _batch_and_length(layer) -> tuple[int, int]:
+    if isinstance(layer, LayerSSM):
+        return layer.delta.shape[0], layer.delta.shape[-1]
+    return layer.batch, layer.seq_len
 
 
 def capture_layers(query, grad: bool = False):
@@ -299,9 +313,9 @@ def rollout_row(layers: list[LayerSSM], position: int, column_weights=None, bloc
     """
     if attention not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, not {attention!r}")
-    b, _, T = layers[0].delta.shape
+    b, T = _batch_and_length(layers[0])
     p = position % T
-    r = layers[0].delta.new_zeros(b, p + 1)
+    r = layers[0].A.new_zeros(b, p + 1)
     r[:, p] = 1
     for i in reversed(range(len(layers))):
         weight = None if column_weights is None else column_weights[i]
@@ -330,17 +344,23 @@ def _layer_rows(layer, end, block, budget, leaf, clamp):
     Under clamp the min-max needs the maximum over all rows before any row is used: the rows are kept
     from that first pass when they fit the budget, and computed again otherwise.
     """
-    tiler = _Tiler(layer, budget, leaf, clamp=clamp)
+    def rows():  # (object whose `peak` the pass fills, a fresh pass over the row blocks)
+        if isinstance(layer, LayerSSM):
+            tiler = _Tiler(layer, budget, leaf, clamp=clamp)
+            return tiler, tiler.row_blocks(end, block)
+        return layer, layer.row_blocks(end, block, clamp=clamp)  # the layer's own object (Mamba-2: per head)
+
+    source, first = rows()
     if not clamp:
-        return tiler.row_blocks(end, block), None
-    keep = layer.delta.shape[0] * end * end <= budget
-    blocks = []
-    for item in tiler.row_blocks(end, block):
-        if keep:
-            blocks.append(item)
-    peak = tiler.peak
+        return first, None
+    keep = _batch_and_length(layer)[0] * end * end <= budget
+    kept = [item for item in first] if keep else None
+    if not keep:
+        for _ in first:  # only the maximum is needed from this pass
+            pass
+    peak = source.peak
     scale = torch.where(peak > 0, 1 / peak.clamp(min=torch.finfo(peak.dtype).tiny), torch.zeros_like(peak))
-    return (blocks if keep else _Tiler(layer, budget, leaf, clamp=True).row_blocks(end, block)), scale
+    return (kept if keep else rows()[1]), scale
 
 
 def _check_variant(variant):
@@ -398,6 +418,6 @@ def mamba_attr(query, variant: str = "official", start_layer: int = 0, block: in
         lo = w.masked_fill(~valid, float("inf")).amin(-1, keepdim=True)
         hi = w.masked_fill(~valid, float("-inf")).amax(-1, keepdim=True)
         w = ((w - lo) / (hi - lo).clamp(min=torch.finfo(w.dtype).tiny)).clamp(0, 1) * valid
-        weights.append(w.to(layers[0].delta.dtype))
+        weights.append(w.to(layers[0].A.dtype))
     attention = "clamped" if variant == "official" else "abs"
     return rollout_row(layers[start_layer:], p, weights, block=block, attention=attention)

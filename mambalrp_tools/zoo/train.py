@@ -53,6 +53,7 @@ class ToySpec:
     weight_decay: float = 0.01
     workers: int = 0  # data loader processes: speed only, the data stream does not depend on it
     params: dict = field(default_factory=dict)  # task parameters for the training stream
+    arch: str = "mamba"  # "mamba" (Mamba-1) or "mamba2" (SSD: heads of head_dim 32, one group)
 
 
 #: The recipes of the shipped models, the one source of truth: `train-toy NAME` with no options
@@ -64,6 +65,9 @@ SPECS = {
     # a higher rate left this task at chance
     "needle": ToySpec("needle", 128, 4, 16, batch_size=32, lr=1e-3, steps=4790, seed=1, workers=5,
                       params=dict(min_context_length=64, max_context_length=1536)),
+    # the needle recipe on a Mamba-2 of the same width and depth (8 heads x 32 channels, state 64)
+    "needle-mamba2": ToySpec("needle", 128, 4, 64, batch_size=32, lr=1e-3, steps=4800, seed=1, workers=5,
+                             arch="mamba2", params=dict(min_context_length=64, max_context_length=1536)),
     "bios": ToySpec("bios", 64, 2, 16, batch_size=64, lr=3e-3, steps=6470, seed=0, warmup=100, workers=1,
                     params=dict(gender_correlation=0.9, ambiguous=0.2)),
     "sentiment": ToySpec("sentiment", 64, 2, 16, batch_size=64, lr=3e-3, steps=8994, seed=0, warmup=100, workers=1),
@@ -114,17 +118,23 @@ class Stream(torch.utils.data.IterableDataset):
 
 # -------------------------------------------------------------------------------------------- models
 def toy_config(spec: ToySpec, tokenizer):
-    from transformers import MambaConfig
+    from transformers import Mamba2Config, MambaConfig
 
     kind = tasks.get_task(spec.task).KIND
     labels = getattr(tasks.get_task(spec.task), "LABELS", None)
-    config = MambaConfig(
+    common = dict(
         vocab_size=len(tokenizer), hidden_size=spec.hidden_size, num_hidden_layers=spec.num_hidden_layers,
         state_size=spec.state_size, expand=2, conv_kernel=4,
         use_bias=False, use_conv_bias=False,  # no relevance-carrying biases: exact conservation, inert pads
         pad_token_id=PAD_ID, bos_token_id=None, eos_token_id=None,
         tie_word_embeddings=kind == "lm",
     )
+    if spec.arch == "mamba2":
+        head_dim = 32
+        config = Mamba2Config(**common, head_dim=head_dim, num_heads=2 * spec.hidden_size // head_dim, n_groups=1,
+                              chunk_size=256)
+    else:
+        config = MambaConfig(**common)
     if kind == "classifier":
         config.num_labels = len(labels)
         config.id2label = dict(enumerate(labels))
@@ -133,13 +143,14 @@ def toy_config(spec: ToySpec, tokenizer):
 
 
 def build_model(spec: ToySpec, tokenizer, seed: int):
-    from transformers import MambaForCausalLM
+    from transformers import Mamba2ForCausalLM, MambaForCausalLM
 
     from ..models import make_classifier
 
     torch.manual_seed(seed)
     config = toy_config(spec, tokenizer)
-    model = make_classifier(config) if tasks.get_task(spec.task).KIND == "classifier" else MambaForCausalLM(config)
+    lm = Mamba2ForCausalLM if spec.arch == "mamba2" else MambaForCausalLM
+    model = make_classifier(config) if tasks.get_task(spec.task).KIND == "classifier" else lm(config)
     zero_pad_embedding(model)
     return model
 
@@ -149,14 +160,16 @@ def zero_pad_embedding(model, pad_id: int = PAD_ID):
     model.get_input_embeddings().weight[pad_id].zero_()
 
 
-def resolve_engine(engine: str, device: torch.device) -> str:
+def resolve_engine(engine: str, device: torch.device, arch: str = "mamba") -> str:
     """'hf': transformers' own forward (fused mamba-ssm kernels on a GPU); 'package': this package's
     forward with every MambaLRP rule off (the true gradient), a chunked scan that is ~20x faster than
-    transformers' reference loop on CPU and honours attention masks."""
+    transformers' reference loop on CPU and honours attention masks. 'auto' for Mamba-2 is 'package'
+    (on a GPU it runs mamba-ssm's SSD kernel; transformers' fallback path is per-head and slow)."""
     if engine not in ("auto", "hf", "package"):
         raise ValueError(f"engine must be auto, hf or package, got {engine!r}")
     if engine == "auto":
-        return "hf" if device.type == "cuda" and cuda_kernels() is not None else "package"
+        fast = device.type == "cuda" and cuda_kernels() is not None and arch == "mamba"
+        return "hf" if fast else "package"
     return engine
 
 
@@ -283,7 +296,7 @@ def train_toy(name: str, out: str | os.PathLike | None = None, *, steps: int | N
         steps = spec.steps
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     set_determinism(seed, dev)
-    engine = resolve_engine(engine, dev)
+    engine = resolve_engine(engine, dev, spec.arch)
     out = Path(out) if out is not None else MODELS_DIR / name
     out.mkdir(parents=True, exist_ok=True)
 
@@ -317,7 +330,7 @@ def train_toy(name: str, out: str | os.PathLike | None = None, *, steps: int | N
         from .quality import evaluate_toy
 
         t1 = time.time()
-        record["metrics"] = evaluate_toy(name, model, tokenizer, n=eval_n, device=dev)
+        record["metrics"] = evaluate_toy(spec.task, model, tokenizer, n=eval_n, device=dev)
         record["eval_seconds"] = round(time.time() - t1, 1)
     (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     write_readme(out, record)
@@ -374,9 +387,9 @@ def write_readme(out: Path, record: dict):
     lines = [
         f"# toy/{record['task']}",
         "",
-        f"A {record['parameters']:,}-parameter Mamba (d_model {spec['hidden_size']}, {spec['num_hidden_layers']} layers, "
+        f"A {record['parameters']:,}-parameter {'Mamba-2' if spec.get('arch') == 'mamba2' else 'Mamba'} (d_model {spec['hidden_size']}, {spec['num_hidden_layers']} layers, "
         f"state {spec['state_size']}, no in_proj/conv1d/out_proj biases) trained by `mambalrp_tools.zoo.train` "
-        f"on the `{record['task']}` task. Load it with `mambalrp_tools.load_model(\"toy/{record['task']}\")`.",
+        f"on the `{spec['task']}` task. Load it with `mambalrp_tools.load_model(\"toy/{record['task']}\")`.",
         "",
         "## Reproduce",
         "",
