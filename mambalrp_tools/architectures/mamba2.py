@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from transformers.models.mamba2.modeling_mamba2 import Mamba2Block, Mamba2Mixer, Mamba2Model, Mamba2RMSNorm
 
 from ..backends import Backend
-from ..numerics import upcast
+from ..numerics import linear, operand, upcast
 from ..rules import Rules, gate, rms_norm, silu, ssm
 from ..ssd import cuda_chunk_scan, kernel_ssd_scan, ssd_scan
 from .base import Architecture, PatchContext, Sizes
-from .mamba import MixerState, _f32, _last_inputs, _mask, backbone_forward, block_forward, norm_forward
+from .mamba import MixerState, _last_inputs, _mask, backbone_forward, block_forward, norm_forward
 
 #: floats per token, layer and inner channel that autograd keeps through one Mamba-2 layer: taken
 #: as Mamba-1's (the patched forward saves tensors of the same widths); not measured for Mamba-2
@@ -36,7 +36,7 @@ ACTIVATION_FLOATS = 10
 _TORCH = Backend("torch")
 
 
-def ssm_parameters(mixer, hidden_states, attention_mask, rules: Rules, conv_history=None):
+def ssm_parameters(mixer, hidden_states, attention_mask, rules: Rules, conv_history=None, precision="float32"):
     """Everything the SSD scan of one layer consumes, float32, with the silu and ssm rules applied.
 
     Returns x [b, T, h, p]; dt [b, T, h] (softplus'ed, clamped); A [h]; B, C [b, T, g, n]; D [h];
@@ -44,19 +44,21 @@ def ssm_parameters(mixer, hidden_states, attention_mask, rules: Rules, conv_hist
     """
     b, T, _ = hidden_states.shape
     h = _mask(upcast(hidden_states), attention_mask)
-    projected = F.linear(h, _f32(mixer.in_proj.weight), _f32(mixer.in_proj.bias))
+    projected = linear(h, mixer.in_proj.weight, mixer.in_proj.bias, precision)
     z, xBC, dt = projected.split([mixer.intermediate_size, mixer.conv_dim, mixer.num_heads], dim=-1)
     xBC = xBC.transpose(1, 2)
-    conv = _TORCH.conv1d(xBC, _f32(mixer.conv1d.weight), _f32(mixer.conv1d.bias), conv_history)
+    weight, bias = operand(mixer.conv1d.weight, precision), operand(mixer.conv1d.bias, precision)
+    history = None if conv_history is None else conv_history.to(weight.dtype)
+    conv = upcast(_TORCH.conv1d(xBC.to(weight.dtype), weight, bias, history))
     u = _mask(silu(conv, rules.silu).transpose(1, 2), attention_mask)
     gn = mixer.n_groups * mixer.ssm_state_size
     x, B, C = u.split([mixer.intermediate_size, gn, gn], dim=-1)
     lo, hi = mixer.time_step_limit
-    dt = F.softplus(dt + _f32(mixer.dt_bias)).clamp(min=lo, max=hi)
+    dt = F.softplus(dt + upcast(mixer.dt_bias)).clamp(min=lo, max=hi)
     A = -torch.exp(upcast(mixer.A_log))
     B = B.reshape(b, T, mixer.n_groups, mixer.ssm_state_size)
     C = C.reshape(b, T, mixer.n_groups, mixer.ssm_state_size)
-    dt, A, B, C, D = ssm(dt, A, B, C, _f32(mixer.D), rules.ssm)
+    dt, A, B, C, D = ssm(dt, A, B, C, upcast(mixer.D), rules.ssm)
     x = x.reshape(b, T, mixer.num_heads, mixer.head_dim)
     return x, dt, A, B, C, D, z, xBC
 
@@ -82,13 +84,13 @@ def scan(mixer, x, dt, A, B, C, D, backend: Backend, initial_state=None):
 
 
 def mixer_core(mixer, hidden_states, attention_mask, rules: Rules, backend: Backend,
-               state: MixerState | None = None):
+               state: MixerState | None = None, precision="float32"):
     """One Mamba-2 mixer: [b, T, hidden] -> ([b, T, hidden] float32, MixerState to continue from)."""
     x, dt, A, B, C, D, z, xBC = ssm_parameters(mixer, hidden_states, attention_mask, rules,
-                                               None if state is None else state.conv)
+                                               None if state is None else state.conv, precision)
     y, last = scan(mixer, x, dt, A, B, C, D, backend, None if state is None else state.ssm)
     g = gated_norm(mixer.norm, y.flatten(2), z, rules)
-    out = F.linear(g, _f32(mixer.out_proj.weight), _f32(mixer.out_proj.bias))
+    out = linear(g, mixer.out_proj.weight, mixer.out_proj.bias, precision)
     history = None if state is None else state.conv
     return out, MixerState(_last_inputs(xBC, history, mixer.conv_kernel_size), last)
 
@@ -104,7 +106,7 @@ def mixer_forward(mixer, ctx: PatchContext):
         cache = cache if cache is not None else cache_params
         if cache is not None:
             return original(mixer, hidden_states, cache, attention_mask=attention_mask, **kwargs)
-        out, state = mixer_core(mixer, hidden_states, attention_mask, rules, backend, state)
+        out, state = mixer_core(mixer, hidden_states, attention_mask, rules, backend, state, ctx.precision)
         return (out, state) if return_state else out
 
     return forward
