@@ -95,6 +95,7 @@ class _LinearKernelScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, s0, delta, A, B, C, D, scan):
         y, last = scan(u, delta, A, B, C, D, return_last_state=True)
+        ctx.set_materialize_grads(False)  # an unused last state must cost nothing in backward (dlast None)
         ctx.save_for_backward(s0, delta, A, B, C, D)
         ctx.scan, ctx.has_state = scan, s0 is not None
         if s0 is not None:

@@ -281,6 +281,19 @@ def test_stateful_kernel_scan_equals_a_scan_from_that_state(T, monkeypatch):
             return torch.cat([y1, y2], -1), s2
 
         whole = grads(lambda uu, ss: selective_scan(uu, delta, A, B, C, D, return_last_state=True))
+
+        # a whole sequence whose last state nobody uses (every explanation without pieces) computes no
+        # state shares in backward: they cost as much as the scan on long inputs
+        calls = []
+        real = backends._state_shares
+        monkeypatch.setattr(backends, "_state_shares", lambda *a: calls.append(a[-1]) or real(*a))
+        uu = u.clone().requires_grad_()
+        y, _ = backends._LinearKernelScan.apply(uu, None, delta, A, B, C, D, _torch_kernel)
+        (du_alone,) = torch.autograd.grad((y * dy).sum(), uu)
+        assert calls == []
+        u_ref = u.clone().requires_grad_()
+        (du_ref,) = torch.autograd.grad((selective_scan(u_ref, delta, A, B, C, D) * dy).sum(), u_ref)
+        torch.testing.assert_close(du_alone, du_ref, rtol=1e-10, atol=1e-10)
         split = grads(pieces)
         for a, r, what in zip(split[:3], whole[:3], ("y", "last state", "du")):
             torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10, msg=f"pieces: {what}")
