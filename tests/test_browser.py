@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from browser.lab import CHROMIUM, CHROMIUM_ARGS, Lab, Processes, chromium_missing, copy_notebooks
-from browser.notebook import NotebookPage, control_kind, move, pick_other, press_slider, slider_value, type_slider
+from browser.notebook import (NotebookPage, control_kind, move, pick_other, press_slider, slider_range,
+                              slider_value, type_slider)
 
 pytestmark = pytest.mark.browser
 
@@ -140,7 +141,9 @@ def browser(tmp_path_factory, request):
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     if reporter is not None and capture is not None:
         with capture.global_and_fixture_disabled():
-            reporter.write_line(f"\nbrowser: screenshots and redraw_times.json in {shots}")
+            reporter.write_line(f"\nbrowser: screenshots and redraw_times.json in {shots}; "
+                                f"{len(processes.seen)} processes started (JupyterLab, kernels, Chromium), "
+                                f"{len(left)} left running")
             for r in session.redraws:
                 reporter.write_line(f"browser: redraw {r['notebook']} {r['what']}: {r['seconds']:.2f} s")
     assert not left, "processes left running after the browser tests:\n" + "\n".join(left)
@@ -221,10 +224,11 @@ def test_needle_explorer(browser):
     redraw(browser, nb, explorer, "context typed back", lambda: type_slider(context, nb.page, quick_context))
 
     times = []
-    for i in range(3):
-        # away from the nearer end, so that each move shows a depth not drawn before
+    now, lo, hi = slider_range(depth)
+    towards = "max" if now - lo <= hi - now else "min"  # one way, so each move draws a depth not drawn before
+    for _ in range(3):
         t, _ = redraw(browser, nb, explorer, f"depth slider at context {quick_context}",
-                      lambda: press_slider(depth, nb.page, towards="far"))
+                      lambda: press_slider(depth, nb.page, towards=towards))
         times.append(t)
     nb.shot("depth", explorer)
     median = statistics.median(times)
@@ -311,3 +315,19 @@ def test_harness_sees_a_redraw_and_a_failing_callback(browser):
             nb.assert_no_errors("the failing move")
             time.sleep(0.2)
     assert nb.signature(explorer)["imgs"] == before["imgs"]
+
+
+@pytest.mark.timeout(60)
+def test_process_check_sees_a_child_left_running():
+    """The teardown's PID check itself: a child still running is reported, one that ended is not."""
+    import subprocess
+
+    processes = Processes()
+    child = subprocess.Popen(["sleep", "60"])
+    processes.record()
+    try:
+        assert [line for line in processes.alive() if f"pid {child.pid}:" in line]
+    finally:
+        child.kill()
+        child.wait()
+    assert processes.wait_gone(timeout=5) == []

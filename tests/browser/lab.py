@@ -48,18 +48,25 @@ def free_port() -> int:
 
 
 class Processes:
-    """Every process started under this test run, by (pid, create_time) so a reused PID is not mistaken."""
+    """The processes started under this test process since it was made (JupyterLab, its kernels, the
+    Playwright driver, Chromium), by (pid, create_time) so that a reused PID is not mistaken for one."""
 
     def __init__(self):
+        self.before = set(self._children())
         self.seen: dict[tuple[int, float], str] = {}
 
-    def record(self, root: psutil.Process | None = None):
-        root = root or psutil.Process()
-        for p in root.children(recursive=True):
+    @staticmethod
+    def _children():
+        out = {}
+        for p in psutil.Process().children(recursive=True):
             try:
-                self.seen[(p.pid, p.create_time())] = " ".join(p.cmdline())[:160] or p.name()
+                out[(p.pid, p.create_time())] = " ".join(p.cmdline())[:160] or p.name()
             except psutil.Error:
                 pass
+        return out
+
+    def record(self):
+        self.seen.update({k: v for k, v in self._children().items() if k not in self.before})
 
     def alive(self) -> list[str]:
         left = []

@@ -243,15 +243,20 @@ def slider_value(control) -> str:
     return control.locator(".widget-readout").inner_text().strip()
 
 
+def slider_range(control) -> tuple[float, float, float]:
+    """(value, min, max) from the slider handle's ARIA attributes."""
+    handle = control.locator(".noUi-handle").first
+    return tuple(float(handle.get_attribute(a)) for a in ("aria-valuenow", "aria-valuemin", "aria-valuemax"))
+
+
 def press_slider(control, page, towards="far") -> str:
     """One arrow-key step on the slider's handle, as a user would press it: towards "max", "min", or
-    "far" (away from the nearer end). Returns "old -> new" (the readouts)."""
-    handle = control.locator(".noUi-handle").first
-    now, lo, hi = (float(handle.get_attribute(a)) for a in ("aria-valuenow", "aria-valuemin", "aria-valuemax"))
+    "far" (the end further away). Returns "old -> new" (the readouts)."""
+    now, lo, hi = slider_range(control)
     if towards == "far":
         towards = "max" if now - lo <= hi - now else "min"
     before = slider_value(control)
-    handle.focus()
+    control.locator(".noUi-handle").first.focus()
     page.keyboard.press("ArrowRight" if towards == "max" else "ArrowLeft")
     after = slider_value(control)
     assert after != before, (f"the slider {control.get_attribute('class')!r} did not move towards its {towards} "
