@@ -84,7 +84,7 @@ class Session:
 
     def retire(self, nb: NotebookPage):
         self.processes.record()
-        if nb.screenshots:
+        if nb.screenshots and nb.name not in self.failed:
             self.final_shots[nb.stem] = nb.screenshots[-1]
         nb.close()
 
@@ -200,7 +200,8 @@ def test_quickstart_explore(browser):
     redraw(browser, nb, explorer, "explore() method", lambda: "{} -> {}".format(*pick_other(method)),
            changed=("html",))
     other = spans()
-    assert "".join(SENTENCE.split()) in "".join(t.strip() for t, _ in other), f"{nb.name}: tokens gone after the method change"
+    assert "".join(SENTENCE.split()) in "".join(t.strip() for t, _ in other), (f"{nb.name}: the sentence's tokens "
+                                                                                "are gone after the method change")
     assert [s for _, s in other] != [s for _, s in typed], (f"{nb.name}: the heatmap's colours did not change "
                                                             "with the method")
     nb.shot("explore", explorer)
@@ -209,7 +210,7 @@ def test_quickstart_explore(browser):
 @pytest.mark.timeout(900)
 def test_needle_explorer(browser):
     """05: context slider, then depth slider: the image bytes change, no error; export writes PDF and PNG."""
-    assert (NOTEBOOKS_DIR / NEEDLE).exists(), f"{NEEDLE} is missing from {NOTEBOOKS_DIR}: the needle explorer test needs it"
+    assert (NOTEBOOKS_DIR / NEEDLE).exists(), f"{NEEDLE} is missing from {NOTEBOOKS_DIR}"
     nb = browser.notebook(NEEDLE)
     explorer = find_explorer(nb, ".mlt-context", "the needle explorer")
     context, depth = explorer.locator(".mlt-context"), explorer.locator(".mlt-depth")

@@ -53,7 +53,8 @@ CELLS = """() => {
     if (c.type === 'code') {
       o.count = c.executionCount;
       for (const x of c.outputs.toJSON()) {
-        if (x.output_type === 'error') o.errors.push(x.ename + ': ' + x.evalue + '\\n' + (x.traceback || []).join('\\n'));
+        if (x.output_type === 'error')
+          o.errors.push(x.ename + ': ' + x.evalue + '\\n' + (x.traceback || []).join('\\n'));
         if (x.data && x.data['text/plain']) o.text.push([].concat(x.data['text/plain']).join(''));
       }
     }
@@ -73,7 +74,8 @@ SIGNATURE = """(e) => {
 
 # a traceback rendered anywhere in the notebook (cell outputs and Output widgets alike)
 RENDERED_TRACEBACKS = """() => [...document.querySelectorAll('.jp-OutputArea-output')]
-  .filter(e => (e.dataset.mimeType || '').includes('stderr') || e.querySelector('.jp-RenderedText[data-mime-type*="stderr"]'))
+  .filter(e => (e.dataset.mimeType || '').includes('stderr')
+               || e.querySelector('.jp-RenderedText[data-mime-type*="stderr"]'))
   .map(e => e.innerText).filter(t => /Traceback|\\w+Error\\b/.test(t))"""
 
 
@@ -94,6 +96,7 @@ class NotebookPage:
         self.name, self.stem = self.path.name, self.path.stem
         self.page = None
         self.screenshots: list[Path] = []
+        self._shots = 0
         self._log_offset = 0
 
     # ---- opening and running
@@ -105,9 +108,9 @@ class NotebookPage:
         try:
             self.page.wait_for_function(FIND_PANEL, arg=self.name, timeout=timeout_s * 1000, polling=250)
         except Exception as e:
-            self.shot("open-failed")
-            raise AssertionError(f"{self.name}: JupyterLab did not show the notebook with an idle kernel within "
-                                 f"{timeout_s} s ({type(e).__name__}).\nServer log:\n{self.lab.log_tail()}") from None
+            raise self.failure("open-failed", f"{self.name}: JupyterLab did not show the notebook with an idle "
+                               f"kernel within {timeout_s} s ({type(e).__name__}).\n"
+                               f"Server log:\n{self.lab.log_tail()}") from None
         self.page.evaluate(LISTEN)
         return self
 
@@ -120,17 +123,15 @@ class NotebookPage:
                 running = [c for c in self.cells() if c["type"] == "code" and c["count"] is None]
                 where = (f"cell {running[0]['index']} (`{first_line(running[0]['source'])}`)" if running
                          else "no cell (all have an execution count)")
-                self.shot("run-all-timeout")
-                raise AssertionError(f"{self.name}: run all cells did not finish within {timeout_s} s; "
-                                     f"still waiting at {where}")
+                raise self.failure("run-all-timeout", f"{self.name}: run all cells did not finish within "
+                                   f"{timeout_s} s; still waiting at {where}")
             time.sleep(0.5)
         self.run_seconds = time.monotonic() - start
         cells = self.cells()
         for c in cells:
             if c["errors"]:
-                self.shot("cell-error")
-                raise AssertionError(f"{self.name} cell {c['index']} (`{first_line(c['source'])}`) raised:\n"
-                                     + strip_ansi(c["errors"][0])[-3000:])
+                raise self.failure("cell-error", f"{self.name} cell {c['index']} (`{first_line(c['source'])}`) "
+                                   "raised:\n" + strip_ansi(c["errors"][0])[-3000:])
         not_run = [c for c in cells if c["type"] == "code" and c["count"] is None and c["source"].strip()]
         assert not not_run, (f"{self.name}: cells left unexecuted after run all: "
                              + ", ".join(f"{c['index']} (`{first_line(c['source'])}`)" for c in not_run))
@@ -151,17 +152,15 @@ class NotebookPage:
         where = f"{self.name}, after {step}"
         sent = self.page.evaluate("() => window.__mltErrors")
         if sent:
-            self.shot("error")
-            raise AssertionError(f"{where}: the kernel reported an error:\n" + strip_ansi(sent[0])[-3000:])
+            raise self.failure("error", f"{where}: the kernel reported an error:\n" + strip_ansi(sent[0])[-3000:])
         rendered = self.page.evaluate(RENDERED_TRACEBACKS)
         if rendered:
-            self.shot("error")
-            raise AssertionError(f"{where}: a traceback is shown in the notebook:\n" + rendered[0][-3000:])
+            raise self.failure("error", f"{where}: a traceback is shown in the notebook:\n" + rendered[0][-3000:])
         # an exception in a widget observer is logged by the kernel's comm manager to its stderr
         log = self.lab.log_since(self._log_offset)
         if "Traceback" in log:
-            self.shot("error")
-            raise AssertionError(f"{where}: the kernel logged a traceback:\n" + log[log.index("Traceback") - 300:][:3000])
+            start = max(0, log.index("Traceback") - 300)
+            raise self.failure("error", f"{where}: the kernel logged a traceback:\n" + log[start:start + 3000])
 
     # ---- widgets
 
@@ -172,12 +171,11 @@ class NotebookPage:
             loc.first.wait_for(state="visible", timeout=timeout_s * 1000)
         except Exception:
             reprs = [t for c in self.cells() for t in c["text"] if re.match(r"\s*(VBox|HBox|Box|Tab)\(", t)]
-            self.shot("no-widgets")
             if reprs:
-                raise AssertionError(f"{self.name}: the explorer rendered as text ({reprs[0][:80]}...), "
-                                     "not as widgets: the widget manager did not render it") from None
-            raise AssertionError(f"{self.name}: no `.mlt-explorer` widget appeared within {timeout_s} s "
-                                 "after run all cells") from None
+                raise self.failure("no-widgets", f"{self.name}: the explorer rendered as text ({reprs[0][:80]}"
+                                   "...), not as widgets: the widget manager did not render it") from None
+            raise self.failure("no-widgets", f"{self.name}: no `.mlt-explorer` widget appeared within "
+                               f"{timeout_s} s after run all cells") from None
         return loc.all()
 
     def signature(self, explorer):
@@ -201,21 +199,28 @@ class NotebookPage:
                 if self.signature(explorer) == sig:
                     return first, sig
             if now - start > timeout_s:
-                self.shot("no-redraw")
-                raise AssertionError(f"{self.name}: {what}: the figure did not change within {timeout_s} s "
-                                     f"(status: {sig['status']!r})")
+                raise self.failure("no-redraw", f"{self.name}: {what}: the figure did not change within "
+                                   f"{timeout_s} s (status: {sig['status']!r})")
             time.sleep(0.03)
 
-    def shot(self, step: str, element=None) -> Path | None:
+    def shot(self, step: str, element=None, failed=False) -> Path | None:
+        """Screenshot of the page (or of one element); those of failures are not kept as the notebook's views."""
         if self.page is None:
             return None
-        path = self.shots / f"{self.stem}__{len(self.screenshots):02d}_{step}.png"
+        path = self.shots / f"{self.stem}__{self._shots:02d}_{'FAILED_' if failed else ''}{step}.png"
+        self._shots += 1
         try:
             (element or self.page).screenshot(path=str(path), timeout=15_000)
         except Exception:
             return None
-        self.screenshots.append(path)
+        if not failed:
+            self.screenshots.append(path)
         return path
+
+    def failure(self, step: str, message: str) -> AssertionError:
+        """The error to raise, with a screenshot of the page as it was."""
+        path = self.shot(step, failed=True)
+        return AssertionError(f"{message}\n(screenshot: {path})" if path else message)
 
     def close(self):
         if self.page is not None:
