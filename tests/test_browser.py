@@ -332,3 +332,20 @@ def test_process_check_sees_a_child_left_running():
         child.kill()
         child.wait()
     assert processes.wait_gone(timeout=5) == []
+
+
+@pytest.mark.timeout(300)
+def test_harness_names_the_failing_cell(browser, tmp_path):
+    """A cell that raises fails the run, naming the cell as numbered in the notebook file."""
+    import nbformat
+
+    sources = ["QUICK = False", "x = 1", 'raise ValueError("deliberate cell error")', "y = 2"]
+    cells = [nbformat.v4.new_code_cell(src, metadata={"tags": ["parameters"] if i == 0 else []})
+             for i, src in enumerate(sources)]
+    nb = nbformat.v4.new_notebook(cells=cells, metadata={
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nbformat.write(nb, tmp_path / "harness_cell_error.ipynb")
+    copy_notebooks(tmp_path, browser.work, {"QUICK": True})  # as the session copies notebooks/
+    with pytest.raises(AssertionError, match=r"harness_cell_error.ipynb cell index 2 \(`raise ValueError.*\n"
+                                             r"(.|\n)*deliberate cell error"):
+        browser.notebook("harness_cell_error.ipynb", run_timeout_s=300)

@@ -49,7 +49,9 @@ CELLS = """() => {
   const cells = window.__mltPanel.content.model.cells, out = [];
   for (let i = 0; i < cells.length; i++) {
     const c = cells.get(i);
-    const o = {index: i, type: c.type, source: c.sharedModel.getSource(), count: null, errors: [], text: []};
+    const tags = (c.getMetadata ? c.getMetadata('tags') : (c.metadata || {}).tags) || [];
+    const o = {index: i, type: c.type, source: c.sharedModel.getSource(), count: null, errors: [], text: [],
+               injected: tags.includes('injected-parameters')};
     if (c.type === 'code') {
       o.count = c.executionCount;
       for (const x of c.outputs.toJSON()) {
@@ -121,8 +123,8 @@ class NotebookPage:
         while self.page.evaluate("() => window.__mltRun") is None:
             if time.monotonic() - start > timeout_s:
                 running = [c for c in self.cells() if c["type"] == "code" and c["count"] is None]
-                where = (f"cell {running[0]['index']} (`{first_line(running[0]['source'])}`)" if running
-                         else "no cell (all have an execution count)")
+                where = (f"cell index {running[0]['index']} (`{first_line(running[0]['source'])}`)"
+                         if running else "no cell (all have an execution count)")
                 raise self.failure("run-all-timeout", f"{self.name}: run all cells did not finish within "
                                    f"{timeout_s} s; still waiting at {where}")
             time.sleep(0.5)
@@ -130,8 +132,8 @@ class NotebookPage:
         cells = self.cells()
         for c in cells:
             if c["errors"]:
-                raise self.failure("cell-error", f"{self.name} cell {c['index']} (`{first_line(c['source'])}`) "
-                                   "raised:\n" + strip_ansi(c["errors"][0])[-3000:])
+                raise self.failure("cell-error", f"{self.name} cell index {c['index']} "
+                                   f"(`{first_line(c['source'])}`) raised:\n" + strip_ansi(c["errors"][0])[-3000:])
         not_run = [c for c in cells if c["type"] == "code" and c["count"] is None and c["source"].strip()]
         assert not not_run, (f"{self.name}: cells left unexecuted after run all: "
                              + ", ".join(f"{c['index']} (`{first_line(c['source'])}`)" for c in not_run))
@@ -139,7 +141,14 @@ class NotebookPage:
         return cells
 
     def cells(self):
-        return self.page.evaluate(CELLS)
+        """The cells; `index` counts from 0 as in the notebook file (papermill's injected cell not counted)."""
+        cells, shift = self.page.evaluate(CELLS), 0
+        for c in cells:
+            if c["injected"]:
+                shift += 1
+            else:
+                c["index"] -= shift
+        return cells
 
     # ---- errors
 
