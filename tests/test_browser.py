@@ -60,7 +60,7 @@ class Session:
         self.final_shots: dict[str, Path] = {}
         self.redraws: list[dict] = []
 
-    def notebook(self, name: str, run_timeout_s=600) -> NotebookPage:
+    def notebook(self, name: str, run_timeout_s=900) -> NotebookPage:
         if name in self.failed:
             pytest.fail(f"{name} already failed in this session: {self.failed[name]}", pytrace=False)
         if name in self.open:
@@ -171,7 +171,7 @@ def redraw(session, nb, explorer, what, action, changed=("imgs",), record=True):
     return lag + seconds, after
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 def test_quickstart_explore(browser):
     """00: type a sentence into explore(), pick another method: the heatmap shows its tokens and changes."""
     assert (NOTEBOOKS_DIR / QUICKSTART).exists(), f"{QUICKSTART} is missing from {NOTEBOOKS_DIR}"
@@ -207,7 +207,7 @@ def test_quickstart_explore(browser):
     nb.shot("explore", explorer)
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 def test_needle_explorer(browser):
     """05: context slider, then depth slider: the image bytes change, no error; export writes PDF and PNG."""
     assert (NOTEBOOKS_DIR / NEEDLE).exists(), f"{NEEDLE} is missing from {NOTEBOOKS_DIR}"
@@ -259,7 +259,7 @@ def test_needle_explorer(browser):
     nb.shot("exported", explorer)
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("path", WIDGET_NOTEBOOKS, ids=lambda p: p.stem)
 def test_widget_notebook(browser, path):
     """Every notebook with a widget: move each explorer's `.mlt-primary` control; the output changes, no error."""

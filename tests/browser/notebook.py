@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+KERNEL_LOGGED = re.compile(r"\[IPKernelApp\] ERROR|Exception (in comm_\w+|opening comm)")
 
 # finds the NotebookPanel of `path` among the main-area widgets and keeps it as window.__mltPanel
 FIND_PANEL = """(path) => {
@@ -165,11 +166,11 @@ class NotebookPage:
         rendered = self.page.evaluate(RENDERED_TRACEBACKS)
         if rendered:
             raise self.failure("error", f"{where}: a traceback is shown in the notebook:\n" + rendered[0][-3000:])
-        # an exception in a widget observer is logged by the kernel's comm manager to its stderr
-        log = self.lab.log_since(self._log_offset)
-        if "Traceback" in log:
-            start = max(0, log.index("Traceback") - 300)
-            raise self.failure("error", f"{where}: the kernel logged a traceback:\n" + log[start:start + 3000])
+        # an exception the kernel only logs (e.g. in a comm handler) goes to its stderr, the server's log;
+        # the server's own tracebacks there (a closed websocket of a closed page) are not the notebook's
+        if found := KERNEL_LOGGED.search(self.lab.log_since(self._log_offset)):
+            log = found.string[found.start():found.start() + 3000]
+            raise self.failure("error", f"{where}: the kernel logged an error:\n{log}")
 
     # ---- widgets
 
