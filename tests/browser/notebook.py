@@ -117,7 +117,7 @@ class NotebookPage:
         self.page.evaluate(LISTEN)
         return self
 
-    def run_all(self, timeout_s=600):
+    def run_all(self, timeout_s: float):
         """Run all cells (JupyterLab's own command) and fail, naming the cell, on an error or a hang."""
         self.page.evaluate(RUN_ALL)
         start = time.monotonic()
