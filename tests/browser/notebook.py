@@ -51,14 +51,13 @@ CELLS = """() => {
   for (let i = 0; i < cells.length; i++) {
     const c = cells.get(i);
     const tags = (c.getMetadata ? c.getMetadata('tags') : (c.metadata || {}).tags) || [];
-    const o = {index: i, type: c.type, source: c.sharedModel.getSource(), count: null, errors: [], text: [],
+    const o = {index: i, type: c.type, source: c.sharedModel.getSource(), count: null, errors: [],
                injected: tags.includes('injected-parameters')};
     if (c.type === 'code') {
       o.count = c.executionCount;
       for (const x of c.outputs.toJSON()) {
         if (x.output_type === 'error')
           o.errors.push(x.ename + ': ' + x.evalue + '\\n' + (x.traceback || []).join('\\n'));
-        if (x.data && x.data['text/plain']) o.text.push([].concat(x.data['text/plain']).join(''));
       }
     }
     out.push(o);
@@ -180,12 +179,20 @@ class NotebookPage:
         try:
             loc.first.wait_for(state="visible", timeout=timeout_s * 1000)
         except Exception:
-            reprs = [t for c in self.cells() for t in c["text"] if re.match(r"\s*(VBox|HBox|Box|Tab)\(", t)]
-            if reprs:
-                raise self.failure("no-widgets", f"{self.name}: the explorer rendered as text ({reprs[0][:80]}"
-                                   "...), not as widgets: the widget manager did not render it") from None
-            raise self.failure("no-widgets", f"{self.name}: no `.mlt-explorer` widget appeared within "
-                               f"{timeout_s} s after run all cells") from None
+            # every widget output also carries a text/plain repr (`VBox(...)`); it is on the page only
+            # when the widget manager did not render the view
+            outputs = self.page.locator(".jp-OutputArea-output")
+            as_text = outputs.filter(has_text=re.compile(r"^\s*(VBox|HBox|Box|Tab)\(")).all_inner_texts()
+            views = self.page.locator(".jp-OutputArea-output .jupyter-widgets").count()
+            if as_text:
+                message = (f"the explorer rendered as text ({as_text[0][:80]}...), not as widgets: the widget "
+                           "manager did not render it")
+            elif views:
+                message = (f"{views} widget views rendered, but none carries the CSS class `mlt-explorer` "
+                           "of the conventions")
+            else:
+                message = f"no widget appeared within {timeout_s} s after run all cells"
+            raise self.failure("no-widgets", f"{self.name}: {message}") from None
         return loc.all()
 
     def signature(self, explorer):
