@@ -1,0 +1,1 @@
+"""Helpers for the browser tests: a JupyterLab server, Chromium through Playwright, and notebook pages."""
