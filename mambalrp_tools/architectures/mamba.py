@@ -119,21 +119,31 @@ def mixer_core(mixer, hidden_states, attention_mask, rules: Rules, backend: Back
     return out, MixerState(_last_inputs(xs, history, mixer.conv1d.weight.shape[-1]), last)
 
 
-def mixer_forward(mixer, ctx: PatchContext):
-    """Replacement for `MambaMixer.forward`; a cached (generation) call keeps transformers' path.
-    With `return_state=True` it returns (output, `MixerState`) and continues from `state`."""
-    original = type(mixer).forward
-    rules, backend = ctx.rules, ctx.backend
+def uncached_mixer_forward(core):
+    """A mixer's replacement-forward factory around `core(mixer, hidden_states, attention_mask, ctx,
+    memo, state) -> (out, MixerState)`. A cached (generation) call keeps transformers' path; with
+    `return_state=True` the forward returns (output, `MixerState`) and continues from `state`."""
 
-    def forward(hidden_states, cache=None, attention_mask=None, cache_params=None, memo=None, state=None,
-                return_state=False, **kwargs):
-        cache = cache if cache is not None else cache_params
-        if cache is not None:
-            return original(mixer, hidden_states, cache, attention_mask=attention_mask, **kwargs)
-        out, state = mixer_core(mixer, hidden_states, attention_mask, rules, backend, memo, state, ctx.precision)
-        return (out, state) if return_state else out
+    def factory(mixer, ctx: PatchContext):
+        original = type(mixer).forward
 
-    return forward
+        def forward(hidden_states, cache=None, attention_mask=None, cache_params=None, memo=None, state=None,
+                    return_state=False, **kwargs):
+            cache = cache if cache is not None else cache_params
+            if cache is not None:
+                return original(mixer, hidden_states, cache, attention_mask=attention_mask, **kwargs)
+            out, state = core(mixer, hidden_states, attention_mask, ctx, memo, state)
+            return (out, state) if return_state else out
+
+        return forward
+
+    return factory
+
+
+#: replacement for `MambaMixer.forward` / `FalconMambaMixer.forward`
+mixer_forward = uncached_mixer_forward(
+    lambda mixer, h, mask, ctx, memo, state: mixer_core(mixer, h, mask, ctx.rules, ctx.backend, memo, state,
+                                                        ctx.precision))
 
 
 def block_forward(block, ctx: PatchContext):

@@ -27,7 +27,9 @@ from ..numerics import linear, operand, upcast
 from ..rules import Rules, gate, rms_norm, silu, ssm
 from ..ssd import cuda_chunk_scan, kernel_ssd_scan, ssd_scan
 from .base import Architecture, PatchContext, Sizes
-from .mamba import MixerState, _last_inputs, _mask, backbone_forward, block_forward, norm_forward
+from .mamba import (
+    MixerState, _last_inputs, _mask, backbone_forward, block_forward, norm_forward, uncached_mixer_forward,
+)
 
 #: floats per token, layer and inner channel that autograd keeps through one Mamba-2 layer: taken
 #: as Mamba-1's (the patched forward saves tensors of the same widths); not measured for Mamba-2
@@ -95,21 +97,9 @@ def mixer_core(mixer, hidden_states, attention_mask, rules: Rules, backend: Back
     return out, MixerState(_last_inputs(xBC, history, mixer.conv_kernel_size), last)
 
 
-def mixer_forward(mixer, ctx: PatchContext):
-    """Replacement for `Mamba2Mixer.forward`; a cached (generation) call keeps transformers' path.
-    With `return_state=True` it returns (output, `MixerState`) and continues from `state`."""
-    original = type(mixer).forward
-    rules, backend = ctx.rules, ctx.backend
-
-    def forward(hidden_states, cache=None, attention_mask=None, cache_params=None, memo=None, state=None,
-                return_state=False, **kwargs):
-        cache = cache if cache is not None else cache_params
-        if cache is not None:
-            return original(mixer, hidden_states, cache, attention_mask=attention_mask, **kwargs)
-        out, state = mixer_core(mixer, hidden_states, attention_mask, rules, backend, state, ctx.precision)
-        return (out, state) if return_state else out
-
-    return forward
+#: replacement for `Mamba2Mixer.forward` (its scan carries the state itself: no memo)
+mixer_forward = uncached_mixer_forward(
+    lambda mixer, h, mask, ctx, memo, state: mixer_core(mixer, h, mask, ctx.rules, ctx.backend, state, ctx.precision))
 
 
 def mamba2_block_forward(block, ctx: PatchContext):
