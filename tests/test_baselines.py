@@ -339,15 +339,7 @@ def test_mamba_attr_matches_definition(arch):
     model = tiny_model(arch, seed=2)
     ids = torch.randint(0, 97, (2, 14), generator=torch.Generator().manual_seed(4))
     target = torch.tensor([1, 2])
-    outs = []
-    hooks = [blk.register_forward_hook(lambda m, a, o: outs.append(o[0] if isinstance(o, tuple) else o))
-             for blk in model.base_model.layers]
-    try:
-        logits = model(ids).logits[:, -1]
-    finally:
-        for h in hooks:
-            h.remove()
-    grads = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), outs)
+    grads = _block_output_grads(model, ids, target)
     weights = []
     for g in grads:
         w = g.clamp(min=0).amax(-1).double()
@@ -456,18 +448,23 @@ def _official_rollout(matrices, start_layer):
     return joint
 
 
-def _official(model, ids, target, method, start_layer):
-    """generate_rollout / generate_mamba_attr at the last position (each sample alone, as their batch of 1)."""
-    grads = []
-    hooks = [blk.register_forward_hook(lambda m, a, o: grads.append(o[0] if isinstance(o, tuple) else o))
+def _block_output_grads(model, ids, target):
+    """df/d(each block's output) from transformers' own (unpatched) forward, f = logit[target] at -1."""
+    outs = []
+    hooks = [blk.register_forward_hook(lambda m, a, o: outs.append(o[0] if isinstance(o, tuple) else o))
              for blk in model.base_model.layers]
     try:
         logits = model(ids).logits[:, -1]
     finally:
         for h in hooks:
             h.remove()
+    return torch.autograd.grad(logits.gather(1, target[:, None]).sum(), outs)
+
+
+def _official(model, ids, target, method, start_layer):
+    """generate_rollout / generate_mamba_attr at the last position (each sample alone, as their batch of 1)."""
     # fused add+norm blocks: their hooked residual's gradient is that of the stream after the block
-    grads = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), grads)
+    grads = _block_output_grads(model, ids, target)
     rows = []
     for i in range(ids.shape[0]):
         layers = []
