@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from browser.lab import CHROMIUM, CHROMIUM_ARGS, Lab, Processes, chromium_missing, copy_notebooks
-from browser.notebook import (NotebookPage, control_kind, move, pick_other, press_slider, slider_range,
+from browser.notebook import (NotebookPage, control_kind, move, pick, pick_other, press_slider, slider_range,
                               slider_value, type_slider)
 
 pytestmark = pytest.mark.browser
@@ -257,6 +257,33 @@ def test_needle_explorer(browser):
                                                          f"{status.inner_text()!r}")
     nb.assert_no_errors("export")
     nb.shot("exported", explorer)
+
+
+@pytest.mark.timeout(1200)
+def test_needle_comparison(browser):
+    """05: the model dropdown: side by side shows one panel per model with its label, a model alone one panel;
+    a depth move redraws both."""
+    nb = browser.notebook(NEEDLE)
+    explorer = find_explorer(nb, ".mlt-model", "the Mamba-1 / Mamba-2 comparison")
+    model, depth = explorer.locator(".mlt-model"), explorer.locator(".mlt-depth")
+    assert control_kind(model) == "dropdown" and control_kind(depth) == "slider"
+    shown = [t.strip() for t in model.locator("option").all_inner_texts()]  # ipywidgets writes spaces as nbsp
+    options = [t.replace("\xa0", " ") for t in shown]
+    assert len(options) == 3 and options[-1] == "side by side", options
+
+    def panels():
+        return explorer.locator(".mlt-figure .mlt-panel").evaluate_all("els => els.map(e => e.title)")
+
+    if panels() != options[:2]:  # another test left a single model picked
+        redraw(browser, nb, explorer, "model dropdown", lambda: pick(model, shown[2]), changed=("imgs", "html"))
+    assert panels() == options[:2], f"{nb.name}: side by side shows the panels {panels()}, not {options[:2]}"
+    nb.shot("side_by_side", explorer)
+    redraw(browser, nb, explorer, "model dropdown", lambda: pick(model, shown[1]), changed=("imgs", "html"))
+    assert panels() == options[1:2], f"{nb.name}: {options[1]!r} alone shows the panels {panels()}"
+    redraw(browser, nb, explorer, "model dropdown", lambda: pick(model, shown[2]), changed=("imgs", "html"))
+    redraw(browser, nb, explorer, "comparison depth slider", lambda: press_slider(depth, nb.page))
+    assert panels() == options[:2], f"{nb.name}: after a depth move the panels are {panels()}"
+    nb.shot("compared", explorer)
 
 
 @pytest.mark.timeout(1200)

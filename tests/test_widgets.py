@@ -1,7 +1,10 @@
 """Every explorer without a browser: build it, move each control, the figure area changes; export
-writes <stem>__<figure>.{pdf,png}; the token heatmap wraps and escapes."""
+writes <stem>__<figure>.{pdf,png}; the token heatmap wraps and escapes; the needle comparison shows one
+model or all side by side."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
@@ -78,6 +81,61 @@ def test_needle_explorer_shows_errors_and_stays_usable(needle, tmp_path):
     assert not box.length.disabled, "controls are enabled again after a failed draw"
     box.draw_fn = box.draw_fn_orig
     assert moved(box, box.depth, 0.4) and good is box.compute
+
+
+@pytest.fixture(scope="module")
+def needle_pair(needle):
+    return {"Mamba-1 <toy>": needle, "Mamba-2 & co": mlt.load_model("toy/needle-mamba2")}
+
+
+def panels(box):
+    markup = box.figure.outputs[-1]["data"]["text/html"]
+    return markup, markup.count("class='mlt-panel'"), [ax.get_title() for ax in next(iter(box.figures.values())).axes]
+
+
+def test_needle_comparison_single_and_side_by_side(needle_pair, tmp_path):
+    box = widgets.needle_comparison(needle_pair, methods=("mambalrp", "gradient_x_input"), context_length=64,
+                                    max_context_length=256, figures_dir=tmp_path)
+    check_parts(box)
+    assert box.primary is box.model and "mlt-model" in box.model._dom_classes
+    assert list(box.model.options) == ["Mamba-1 <toy>", "Mamba-2 & co", "side by side"]
+    assert box.model.value == "side by side"
+    markup, n, titles = panels(box)
+    assert n == 2 and len(titles) == 2, "side by side: one panel per model"
+    assert titles[0].startswith("Mamba-1 <toy>\nanswer") and titles[1].startswith("Mamba-2 & co\nanswer")
+    assert all("needle share" in t and ("correct" in t or "wrong" in t) for t in titles)
+    assert "Mamba-1 &lt;toy&gt;" in markup and "Mamba-2 &amp; co" in markup and "<toy>" not in markup
+    assert moved(box, box.model, "Mamba-2 & co")
+    markup, n, titles = panels(box)
+    assert n == 1 and titles[0].startswith("Mamba-2 & co") and "Mamba-1" not in markup
+    assert moved(box, box.depth, 0.9) and moved(box, box.length, 128)
+    assert moved(box, box.model, "side by side")
+    assert panels(box)[1] == 2
+    a, b = (box.compute(label, 128, 0.9, "mambalrp")[0] for label in needle_pair)
+    assert torch.equal(a.input_ids, b.input_ids), "the pair shares a tokenizer: both panels explain one example"
+    hits = box.compute.cache_info().hits
+    box.model.value = "Mamba-1 <toy>"  # drawn in the side-by-side view just before
+    assert box.compute.cache_info().hits == hits + 1
+    assert moved(box, box.method, "gradient_x_input")
+    check_export(box, tmp_path)
+
+
+def test_needle_panels_escape_every_token(needle_pair, tmp_path, monkeypatch):
+    from mambalrp_tools.widgets import needle as needle_module
+
+    monkeypatch.setattr(needle_module, "token_text", lambda tok, ids: [f"<t{int(i)}>&" for i in ids])
+    box = widgets.needle_comparison(needle_pair, methods=("mambalrp",), context_length=64, max_context_length=128,
+                                    figures_dir=tmp_path)
+    markup = panels(box)[0]
+    shown = re.findall(r"&lt;t\d+&gt;&amp;</span>", markup)
+    assert len(shown) == markup.count("class='mlt-token'") >= 2 * 60 and "<t" not in markup
+
+
+def test_needle_comparison_needs_two_models(needle):
+    with pytest.raises(ValueError, match="at least two"):
+        widgets.needle_comparison({"one": needle})
+    with pytest.raises(ValueError, match="another label"):
+        widgets.needle_comparison({"a": needle, "side by side": needle})
 
 
 def test_explore(needle, tmp_path):

@@ -15,6 +15,8 @@ from .export import FigureExport, export_figures
 from .faithfulness import faithfulness_explorer
 from .long_range import long_range_explorer
 from .needle import needle_explorer
+from .needle_compare import needle_comparison
 
 __all__ = ["Explorer", "FigureExport", "bias_explorer", "conservation_explorer", "copying_explorer", "explore",
-           "export_figures", "faithfulness_explorer", "long_range_explorer", "needle_explorer"]
+           "export_figures", "faithfulness_explorer", "long_range_explorer", "needle_comparison",
+           "needle_explorer"]

@@ -310,6 +310,15 @@ def pick_other(control) -> tuple[str, str]:
     return current, others[0]
 
 
+def pick(control, label: str) -> str:
+    """Select the dropdown option `label`; returns "old -> new"."""
+    select = control.locator("select")
+    current = select.evaluate("(s) => s.options[s.selectedIndex] ? s.options[s.selectedIndex].text : ''").strip()
+    assert current != label, f"the dropdown {control.get_attribute('class')!r} already shows {label!r}"
+    select.select_option(label=label)
+    return f"{current} -> {label}"
+
+
 def move(control, page) -> str:
     """Move one control (slider or dropdown) and say how."""
     kind = control_kind(control)
