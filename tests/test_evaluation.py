@@ -884,3 +884,38 @@ def test_markers_of_an_earlier_failed_attempt_are_cleared_on_resume(one_process_
     assert sorted(p.name for p in out.glob("records*.jsonl")) == ["records.jsonl"]
     _same_summary(json.loads((out / runs.SUMMARY).read_text()), one_process_reference.summary)
     assert not _markers(out) and not (out / ".lock").exists()
+
+
+#: 2 CPU processes under `accelerate launch`, everything on the command line (no accelerate config).
+#: `--cpu --num_processes 2` is not it: Accelerate then starts ONE process (several CPU processes need
+#: mpirun and `--mpirun_hostfile`); `--multi_gpu` goes through torch.distributed.run, which on a machine
+#: without GPUs starts CPU processes (gloo), like torchrun.
+ACCELERATE_TWO_CPU = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                      "--dynamo_backend", "no"]
+
+
+@pytest.mark.timeout(300)
+def test_accelerate_launch_two_cpu_processes_give_the_records_of_one(tmp_path):
+    pytest.importorskip("accelerate", reason="accelerate is not installed (pip install -e '.[distributed]')")
+    if torch.cuda.is_available():
+        pytest.skip("--multi_gpu starts one process per GPU here; the test is for a machine without GPUs")
+    cli = ["evaluate", "faithfulness", "--model", "toy/sentiment", "--n", "6", "--methods", "mambalrp,gi",
+           "--steps", "4", "--threads", "1", "--quiet", "--no-figures"]
+    # HF_HOME: an empty one, so that no accelerate config of this machine's user is read
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    one = subprocess.run([sys.executable, "-m", "mambalrp_tools.cli", *cli, "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    logs = tmp_path / "logs"
+    # what `accelerate launch ...` runs (the console script calls accelerate_cli.main)
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", *ACCELERATE_TWO_CPU,
+                          "--log_dir", str(logs), "--tee", "3", "-m", "mambalrp_tools.cli", "--", *cli,
+                          "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=240,
+                         cwd=tmp_path)
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert len(list(logs.glob("*/attempt_0/*/stderr.log"))) == 2  # two worker processes ran
+    assert f"run folder: {tmp_path / 'two'}" in two.stdout  # rank 0 printed the table
+    _same_records(runs.read_records(tmp_path / "two"), runs.read_records(tmp_path / "one"))
+    _same_summary(json.loads((tmp_path / "two" / runs.SUMMARY).read_text()),
+                  json.loads((tmp_path / "one" / runs.SUMMARY).read_text()))
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["manifest.json", "records.jsonl", "summary.json"]
