@@ -459,6 +459,22 @@ def test_run_lock_and_write_rules(tmp_path):
         assert run.done(0, "a") and not run.done(1, "a") and run.records[0]["v"] == 1
 
 
+def test_lines_written_reads_only_what_was_appended(tmp_path):
+    """What rank 0's progress bar counts while the other ranks write (and while it waits for them)."""
+    ident = {"analysis": "x", "model": "m", "examples": "e", "methods": [], "params": {}}
+    with runs.Run(tmp_path / "r", ident) as run:
+        assert run.lines_written() == 0
+        run.write({"sample": 0, "method": "a"})
+        other = tmp_path / "r" / runs.RANK_RECORDS.format(1)  # another rank's file, its last line torn
+        other.write_text('{"sample": 1, "method": "a"}\n{"sample": 2, "met')
+        assert run.lines_written() == 2
+        with open(other, "a") as fh:
+            fh.write('hod": "a"}\n')
+        assert run.lines_written() == 3
+        other.write_text('{"sample": 3, "method": "a"}\n')  # a new, shorter file under that name
+        assert run.lines_written() == 2
+
+
 KILL_SCRIPT = textwrap.dedent("""
     import sys, time, torch
     sys.path.insert(0, {tests!r})

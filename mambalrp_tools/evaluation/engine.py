@@ -162,6 +162,7 @@ def _end_of_work(run: Run, world, bar, failure, at, ids, specs, summarize):
                       f"(details: {run.directory / FAILED_MARKER.format(world.rank)})", RuntimeWarning, stacklevel=3)
     summary, error = None, None
     if world.main:
+        ended: list[int] = []
         try:
             ended = run.wait_for_ranks(bar.poll)
             run.merge()
@@ -178,7 +179,7 @@ def _end_of_work(run: Run, world, bar, failure, at, ids, specs, summarize):
             except Exception:  # noqa: BLE001 - the merge error is the one to report
                 failed = []
             status = {"complete": False, "world_size": world.size, "total": len(ids) * len(labels),
-                      "missing": len(run.pending(ids, labels)), "failed": failed, "ended": [],
+                      "missing": len(run.pending(ids, labels)), "failed": failed, "ended": ended,
                       "error": f"{type(err).__name__}: {err}"}
         bar.show(status["total"] - status["missing"])
         run.write_merged(status)
@@ -222,7 +223,7 @@ def _incomplete_message(run: Run, status: dict) -> str:
     reasons = [f"rank {f['rank']} failed on {_where(f)} ({f['error']}: {f['message']})" for f in status["failed"]]
     reasons += [f"rank {r} ended without reporting (killed?)" for r in status.get("ended", [])]
     if status.get("error"):
-        reasons.append(f"rank 0 failed while merging ({status['error']})")
+        reasons.append(f"rank 0 failed while merging or summarising ({status['error']})")
     return (f"the run in {run.directory} is incomplete: {'; '.join(reasons) or 'records are missing'}. "
             f"{status['missing']} of {status['total']} (sample, method) records are missing; the records "
             "written are kept: run the same command again to complete them (with any number of processes)")
@@ -266,8 +267,10 @@ class _Progress:
     """A tqdm bar of records done; over several processes it counts every rank's records (rank 0's bar)."""
 
     def __init__(self, run: Run, total: int, initial: int, desc: str, show: bool, unit: str):
-        self.run, self.last = run, 0.0
+        self.run, self.last, self.initial = run, 0.0, initial
         self.bar = tqdm(total=total, initial=initial, desc=desc, disable=not show, unit=unit)
+        # several processes: records written since the start = lines appended to the records files
+        self.baseline = run.lines_written() if show and run.world.size > 1 else 0
 
     def update(self):
         if self.run.world.size == 1:
@@ -276,10 +279,10 @@ class _Progress:
             self.poll()
 
     def poll(self):
-        """Show every rank's records (read from their files at most once a second)."""
+        """Show every rank's records (at most once a second; only the files' new lines are read)."""
         if self.run.world.size > 1 and not self.bar.disable and time.monotonic() - self.last > 1.0:
             self.last = time.monotonic()
-            self.bar.n = min(self.bar.total, self.run.records_on_disk())
+            self.bar.n = min(self.bar.total, self.initial + self.run.lines_written() - self.baseline)
             self.bar.refresh()
 
     def show(self, n: int):

@@ -138,6 +138,7 @@ class Run:
         self._fh = None
         self._lock = None
         self.peers: list[dict | None] = []  # per rank: _process_id(), gathered when the run opens
+        self._lines: dict[Path, tuple[int, int]] = {}  # lines_written: per file, (bytes read, lines)
         if self.directory is None:
             if self.world.size > 1:
                 raise ValueError("an evaluation over several processes needs a run folder (out=) they share")
@@ -304,11 +305,29 @@ class Run:
         self.records.append(json.loads(line))
         self._done.add(key)
 
-    def records_on_disk(self) -> int:
-        """Complete records in all of the run's files (rank 0's progress bar counts every rank's)."""
+    def lines_written(self) -> int:
+        """Complete lines in all of the run's records files, reading only what was appended since the
+        last call (a progress bar may ask once a second for hours)."""
         if self.directory is None:
             return len(self.records)
-        return sum(len(_complete_records(p)) for p in self._record_files())
+        total = 0
+        for path in self._record_files():
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            offset, count = self._lines.get(path, (0, 0))
+            if size < offset:  # a new file under this name
+                offset, count = 0, 0
+            if size > offset:
+                with open(path, "rb") as fh:
+                    fh.seek(offset)
+                    data = fh.read(size - offset)
+                count += data.count(b"\n")
+                offset += data.rfind(b"\n") + 1  # a line still being written is read again next time
+            self._lines[path] = (offset, count)
+            total += count
+        return total
 
     def close_records(self):
         """This process appends no more records."""
