@@ -186,12 +186,17 @@ def _end_of_work(run: Run, world, bar, failure, at, ids, specs, summarize):
     else:
         status = run.wait_merged()
         run.reload()
-    if not status.get("ended"):
-        world.barrier()  # every rank has read merged.json (they arrive within a poll of each other)
+    settled = False
+    if not status.get("ended"):  # every rank has read merged.json (they arrive within a poll of each other)
+        try:
+            world.barrier()
+            settled = True
+        except Exception:  # noqa: BLE001 - e.g. the failed rank's CUDA context is broken: the outcome stands
+            pass
     if error is not None:
         raise error
     if status["complete"]:
-        if world.main:
+        if world.main and settled:  # else they stay until the next run starts: harmless
             run.clear_markers()
         else:
             summary = json.loads((run.directory / SUMMARY).read_text())
