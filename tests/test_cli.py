@@ -167,6 +167,26 @@ def test_evaluate_prints_a_table_and_the_run_folder_and_leaves_no_lock(tmp_path,
 
 
 @pytest.mark.timeout(120)
+def test_an_incomplete_data_parallel_run_is_one_line_with_exit_1(tmp_path, capsys, monkeypatch):
+    """What the ranks that did not fail print when another rank failed (the failed one raises its own)."""
+    from mambalrp_tools.evaluation.runs import RunIncomplete
+
+    message = ("the run in r is incomplete: rank 1 failed on sample 3, method 'gi' (ZeroDivisionError: x). "
+               "7 of 20 (sample, method) records are missing; run the same command again to complete them")
+
+    def incomplete(*args, **kwargs):
+        raise RunIncomplete(message)
+
+    import mambalrp_tools.evaluation  # noqa: F401 - the module below (its name is also the function's)
+    monkeypatch.setattr(sys.modules["mambalrp_tools.evaluation.conservation"], "run_analysis", incomplete)
+    argv = ["evaluate", "conservation", "--model", "toy/sentiment", "--n", "2", "--out", str(tmp_path / "r"), "--quiet"]
+    assert main(argv) == 1
+    assert capsys.readouterr().err.strip().splitlines() == ["error: " + message]
+    with pytest.raises(RunIncomplete):  # --debug: the exception itself
+        main(["--debug", *argv])
+
+
+@pytest.mark.timeout(120)
 def test_explain_a_classifier_names_its_classes(capsys):
     assert main(["explain", "--json", "--model", "toy/sentiment", "--target", "negative", "the movie was great"]) == 0
     report = json.loads(capsys.readouterr().out)

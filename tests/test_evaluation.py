@@ -459,6 +459,22 @@ def test_run_lock_and_write_rules(tmp_path):
         assert run.done(0, "a") and not run.done(1, "a") and run.records[0]["v"] == 1
 
 
+def test_lines_written_reads_only_what_was_appended(tmp_path):
+    """What rank 0's progress bar counts while the other ranks write (and while it waits for them)."""
+    ident = {"analysis": "x", "model": "m", "examples": "e", "methods": [], "params": {}}
+    with runs.Run(tmp_path / "r", ident) as run:
+        assert run.lines_written() == 0
+        run.write({"sample": 0, "method": "a"})
+        other = tmp_path / "r" / runs.RANK_RECORDS.format(1)  # another rank's file, its last line torn
+        other.write_text('{"sample": 1, "method": "a"}\n{"sample": 2, "met')
+        assert run.lines_written() == 2
+        with open(other, "a") as fh:
+            fh.write('hod": "a"}\n')
+        assert run.lines_written() == 3
+        other.write_text('{"sample": 3, "method": "a"}\n')  # a new, shorter file under that name
+        assert run.lines_written() == 2
+
+
 KILL_SCRIPT = textwrap.dedent("""
     import sys, time, torch
     sys.path.insert(0, {tests!r})
@@ -647,7 +663,7 @@ def test_evaluation_of_cpu_model_where_mamba_ssm_is_installed(tmp_path):
 # ------------------------------------------------------------------ data-parallel (torchrun-style, gloo)
 
 DIST_SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json, os, sys
     import torch
     import mambalrp_tools as mlt
     from mambalrp_tools import evaluation as ev, tasks
@@ -655,6 +671,18 @@ DIST_SCRIPT = textwrap.dedent("""
     out, n, methods, group = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(","), sys.argv[4]
     if group == "caller":  # the caller sets up the process group; else the analysis joins the launcher's
         torch.distributed.init_process_group("gloo")
+    if len(sys.argv) > 5:  # "R:S": rank R's compute raises on sample S
+        fail_rank, fail_sample = map(int, sys.argv[5].split(":"))
+        faith = sys.modules["mambalrp_tools.evaluation.faithfulness"]  # the module (ev.faithfulness: the function)
+        real = faith.run_analysis
+
+        def run_analysis(analysis, model, examples, methods, compute, *args, **kwargs):
+            def failing(batch, spec):
+                if int(os.environ["RANK"]) == fail_rank and any(s == fail_sample for s, _ in batch):
+                    raise ZeroDivisionError(f"injected failure on sample {fail_sample}")
+                return compute(batch, spec)
+            return real(analysis, model, examples, methods, failing, *args, **kwargs)
+        faith.run_analysis = run_analysis
     model, tok = mlt.load_model("toy/sentiment")
     res = ev.faithfulness(model, tasks.load("sentiment", n, 0), methods, steps=4, tokenizer=tok, out=out,
                           progress=False)
@@ -670,15 +698,17 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _launch(world_size, out, n, methods, group="launcher"):
-    """What torchrun does for CPU processes: RANK / WORLD_SIZE / MASTER_* in each process' environment."""
+def _launch(world_size, out, n, methods, group="launcher", fail=None):
+    """What torchrun does for CPU processes: RANK / WORLD_SIZE / MASTER_* in each process' environment.
+    fail="R:S": rank R's compute raises ZeroDivisionError on sample S."""
     port = _free_port()
     procs = []
     for rank in range(world_size):
         env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "RANK": str(rank),
                "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": str(port)}
-        procs.append(subprocess.Popen([sys.executable, "-c", DIST_SCRIPT, str(out), str(n), methods, group], env=env,
+        argv = [sys.executable, "-c", DIST_SCRIPT, str(out), str(n), methods, group, *([fail] if fail else [])]
+        procs.append(subprocess.Popen(argv, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       start_new_session=True))
     return procs
@@ -702,6 +732,19 @@ def _same_records(a, b):
                 assert other == value, (key, field)
 
 
+def _same_summary(summary, reference):
+    ref = reference["methods"]
+    assert summary["methods"].keys() == ref.keys()
+    for method, row in summary["methods"].items():
+        assert row.keys() == ref[method].keys()
+        for key, value in row.items():
+            assert value == pytest.approx(ref[method][key], rel=1e-5, abs=1e-6, nan_ok=True), (method, key)
+
+
+def _markers(out):
+    return sorted(p.name for p in out.iterdir() if p.name.startswith(("done.", "failed.", "merged.")))
+
+
 @pytest.fixture(scope="module")
 def one_process_reference(tmp_path_factory):
     model, tok = mlt.load_model("toy/sentiment")
@@ -723,12 +766,9 @@ def test_two_gloo_processes_give_the_records_and_summary_of_one(one_process_refe
     assert results[1][0].strip() and json.loads(results[1][0])["n_records"] == 20  # every rank gets the records
     _same_records(runs.read_records(out), one_process_reference.records)
     assert sorted(p.name for p in out.glob("records*.jsonl")) == ["records.jsonl"]  # rank files merged
-    summary = json.loads((out / runs.SUMMARY).read_text())
-    ref = one_process_reference.summary["methods"]
-    for method, row in summary["methods"].items():
-        for key, value in row.items():
-            assert value == pytest.approx(ref[method][key], rel=1e-5, abs=1e-6, nan_ok=True), (method, key)
+    _same_summary(json.loads((out / runs.SUMMARY).read_text()), one_process_reference.summary)
     assert not (out / ".lock").exists()
+    assert not _markers(out)  # a complete run leaves no done / merged markers
 
 
 @pytest.mark.timeout(500)
@@ -755,3 +795,143 @@ def test_two_processes_killed_midway_then_finished_by_one(one_process_reference,
     _same_records(res.records, one_process_reference.records)
     _same_records(runs.read_records(out), one_process_reference.records)
     assert not list(out.glob("records.rank*.jsonl"))
+
+
+def _finish_in_one_process(out, reference):
+    """The same run, now in one process: exactly the records and summary of an uninterrupted run."""
+    model, tok = mlt.load_model("toy/sentiment")
+    res = ev.faithfulness(model, mlt.tasks.load("sentiment", 10, 0), ["mambalrp", "gi"], steps=4, tokenizer=tok,
+                          out=out, progress=False)
+    _same_records(res.records, reference.records)
+    _same_records(runs.read_records(out), reference.records)
+    assert sorted(p.name for p in out.glob("records*.jsonl")) == ["records.jsonl"]
+    _same_summary(res.summary, reference.summary)
+    _same_summary(json.loads((out / runs.SUMMARY).read_text()), reference.summary)
+    assert not _markers(out) and not (out / ".lock").exists()
+
+
+#: rank 0's share of a fresh 10-sample, 2-method run over 2 ranks (the pending pairs, every other one)
+RANK0_SHARE = [(json.dumps(s), m) for s in range(10) for m in ("mambalrp", "gradient_x_input")][0::2]
+
+
+@pytest.mark.timeout(500)
+def test_a_rank_that_raises_lets_the_others_finish_then_a_rerun_completes(one_process_reference, tmp_path):
+    out = tmp_path / "run"
+    procs = _launch(2, out, 10, "mambalrp,gi", fail="1:3")  # rank 1 (method gi) fails on sample 3
+    (_, err0), (_, err1) = [p.communicate(timeout=450) for p in procs]
+    assert procs[0].returncode != 0 and procs[1].returncode != 0, (err0, err1)
+    on_disk = _by_key(runs.read_records(out))
+    missing = 20 - len(on_disk)
+    assert set(RANK0_SHARE) <= on_disk.keys()  # rank 0 finished its whole share
+    assert (json.dumps(3), "gradient_x_input") not in on_disk and missing >= 1
+    assert {(json.dumps(s), "gradient_x_input") for s in range(3)} <= on_disk.keys()  # rank 1's earlier records
+    # rank 0 (and any rank that did not fail) says who failed, where, and what is missing
+    assert "RunIncomplete" in err0, err0
+    assert ("rank 1 failed on sample 3, method 'gradient_x_input' (ZeroDivisionError: injected failure on sample 3)"
+            in err0)
+    assert f"{missing} of 20 (sample, method) records are missing" in err0
+    assert "run the same command again to complete them" in err0
+    # the failed rank raises its own exception, with a note on the run (written once rank 0 had merged)
+    assert "ZeroDivisionError: injected failure on sample 3" in err1, err1
+    assert f"{missing} of 20 (sample, method) records are missing" in err1
+    # records merged, no summary, the failure on record (JSON), no lock
+    assert sorted(p.name for p in out.glob("records*.jsonl")) == ["records.jsonl"]
+    assert not (out / runs.SUMMARY).exists()
+    failed = json.loads((out / "failed.rank1.json").read_text())
+    assert (failed["rank"], failed["error"], failed["samples"], failed["methods"]) == (1, "ZeroDivisionError", [3],
+                                                                                         ["gradient_x_input"])
+    assert "injected failure" in failed["message"] and "Traceback" in failed["traceback"]
+    merged = json.loads((out / "merged.json").read_text())
+    assert merged["complete"] is False and merged["missing"] == missing and merged["total"] == 20
+    assert not (out / ".lock").exists()
+    _finish_in_one_process(out, one_process_reference)
+
+
+@pytest.mark.timeout(500)
+def test_a_rank_killed_outright_leaves_the_run_intact(one_process_reference, tmp_path):
+    """Without torchrun's agent (which would stop rank 0 too), rank 0 sees that rank 1 has ended,
+    finishes its share, merges and raises; a rerun completes the run."""
+    out = tmp_path / "run"
+    procs = _launch(2, out, 10, "mambalrp,gi")
+    rank1 = out / "records.rank1.jsonl"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and not (rank1.exists() and rank1.read_bytes().count(b"\n") >= 1):
+            if any(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.02)
+    finally:
+        if procs[1].poll() is None:
+            os.killpg(procs[1].pid, signal.SIGKILL)  # stays a zombie until reaped below: rank 0 must see it ended
+    _, err0 = procs[0].communicate(timeout=400)
+    procs[1].communicate()
+    assert procs[1].returncode == -signal.SIGKILL, "rank 1 ended before the kill"
+    on_disk = _by_key(runs.read_records(out))
+    assert set(RANK0_SHARE) <= on_disk.keys() and len(on_disk) < 20, "the kill came too late to test resuming"
+    assert procs[0].returncode != 0 and "rank 1 ended without reporting" in err0, err0
+    assert f"{20 - len(on_disk)} of 20 (sample, method) records are missing" in err0
+    assert not (out / runs.SUMMARY).exists()
+    _finish_in_one_process(out, one_process_reference)
+
+
+@pytest.mark.timeout(400)
+def test_markers_of_an_earlier_failed_attempt_are_cleared_on_resume(one_process_reference, tmp_path):
+    """A folder left by a failed 3-process attempt (its done, failed and merged markers, a rank file not
+    merged) resumes with 2 processes: the stale markers neither end the wait early nor fail the run."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(one_process_reference.run_dir, out)
+    lines = (out / runs.RECORDS).read_text().splitlines(keepends=True)
+    (out / runs.RECORDS).write_text("".join(lines[:5]))
+    (out / "records.rank2.jsonl").write_text("".join(lines[5:8]))
+    (out / runs.SUMMARY).unlink()
+    failure = {"rank": 1, "error": "ZeroDivisionError", "message": "old", "samples": [4], "methods": ["gi"]}
+    for r in range(3):
+        (out / f"done.rank{r}.json").write_text(json.dumps({"rank": r, "failed": r == 1}))
+    (out / "failed.rank1.json").write_text(json.dumps(failure))
+    (out / "merged.json").write_text(json.dumps({"complete": False, "world_size": 3, "total": 20, "missing": 12,
+                                                 "failed": [failure], "ended": []}))
+    procs = _launch(2, out, 10, "mambalrp,gi")
+    results = [p.communicate(timeout=380) for p in procs]
+    for p, (stdout, stderr) in zip(procs, results):
+        assert p.returncode == 0, stderr
+    _same_records(runs.read_records(out), one_process_reference.records)
+    assert sorted(p.name for p in out.glob("records*.jsonl")) == ["records.jsonl"]
+    _same_summary(json.loads((out / runs.SUMMARY).read_text()), one_process_reference.summary)
+    assert not _markers(out) and not (out / ".lock").exists()
+
+
+#: 2 CPU processes under `accelerate launch`, everything on the command line (no accelerate config).
+#: `--cpu --num_processes 2` is not it: Accelerate then starts ONE process (several CPU processes need
+#: mpirun and `--mpirun_hostfile`); `--multi_gpu` goes through torch.distributed.run, which on a machine
+#: without GPUs starts CPU processes (gloo), like torchrun.
+ACCELERATE_TWO_CPU = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                      "--dynamo_backend", "no"]
+
+
+@pytest.mark.timeout(300)
+def test_accelerate_launch_two_cpu_processes_give_the_records_of_one(tmp_path):
+    pytest.importorskip("accelerate", reason="accelerate is not installed (pip install -e '.[distributed]')")
+    if torch.cuda.is_available():
+        pytest.skip("--multi_gpu starts one process per GPU here; the test is for a machine without GPUs")
+    cli = ["evaluate", "faithfulness", "--model", "toy/sentiment", "--n", "6", "--methods", "mambalrp,gi",
+           "--steps", "4", "--threads", "1", "--quiet", "--no-figures"]
+    # HF_HOME: an empty one, so that no accelerate config of this machine's user is read
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    one = subprocess.run([sys.executable, "-m", "mambalrp_tools.cli", *cli, "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    logs = tmp_path / "logs"
+    # what `accelerate launch ...` runs (the console script calls accelerate_cli.main)
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", *ACCELERATE_TWO_CPU,
+                          "--log_dir", str(logs), "--tee", "3", "-m", "mambalrp_tools.cli", "--", *cli,
+                          "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=240,
+                         cwd=tmp_path)
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert len(list(logs.glob("*/attempt_0/*/stderr.log"))) == 2  # two worker processes ran
+    assert f"run folder: {tmp_path / 'two'}" in two.stdout  # rank 0 printed the table
+    _same_records(runs.read_records(tmp_path / "two"), runs.read_records(tmp_path / "one"))
+    _same_summary(json.loads((tmp_path / "two" / runs.SUMMARY).read_text()),
+                  json.loads((tmp_path / "one" / runs.SUMMARY).read_text()))
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["manifest.json", "records.jsonl", "summary.json"]

@@ -20,12 +20,12 @@ from .generation import GenerationExplanation, explain_generation
 from .long_range import long_range
 from .needle import needle_digits, needle_grid, needle_share
 from .randomization import randomization_check
-from .runs import Run, RunLocked, RunMismatch, read_records
+from .runs import Run, RunIncomplete, RunLocked, RunMismatch, read_records
 from .specs import MethodSpec, parse_method, parse_methods
 from .stats import roc_auc
 
 __all__ = [
-    "GenerationExplanation", "MethodSpec", "Result", "Run", "RunLocked", "RunMismatch", "alignment_matrix",
+    "GenerationExplanation", "MethodSpec", "Result", "Run", "RunIncomplete", "RunLocked", "RunMismatch", "alignment_matrix",
     "alignment_scores", "conservation", "copy_alignment", "explain_generation", "faithfulness", "gender_bias",
     "load_examples", "logits_at", "long_range", "needle_digits", "needle_grid", "needle_share", "parse_method", "parse_methods",
     "perturbation_curves", "randomization_check", "read_examples", "read_records", "roc_auc", "run_analysis", "save_examples",

@@ -168,7 +168,7 @@ def run(args) -> int:
                         if sys.argv[1:2] == ["evaluate"] else None})
     if "tokenizer" in accepted:
         kwargs["tokenizer"] = tokenizer
-    from .runs import RunLocked
+    from .runs import RunIncomplete, RunLocked
 
     try:
         if name == "needle":
@@ -181,6 +181,11 @@ def run(args) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RunIncomplete as err:  # another rank failed; its traceback is in its own output
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     if not world().main:  # under torchrun, rank 0 reports for all
         return 0
     print_summary(result)

@@ -13,6 +13,12 @@
   `gather()` has rank 0 append the rank files' records to `records.jsonl` and delete the rank files.
   Records are keyed by (sample, method), never by rank, and every file is read on opening, so a run
   resumes with any number of processes.
+- The end of the work is synchronised through marker files, not a collective barrier (whose timeout
+  a rank that finishes hours before the others would hit): each rank writes `done.rank<R>.json` when
+  it has finished or given up (`failed.rank<R>.json` before it, saying on what it failed); rank 0
+  waits for every rank's marker, merges, and writes `merged.json` (complete or not, what is missing),
+  which the other ranks wait for. Rank 0 clears the markers of an earlier attempt when it opens the
+  folder, before any rank starts; after a complete run it removes them.
 - No pickle anywhere: JSON only.
 """
 
@@ -25,8 +31,11 @@ import json
 import os
 import platform
 import shutil
+import socket
+import time
+import traceback
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .distributed import World
 
@@ -35,6 +44,9 @@ RECORDS = "records.jsonl"
 RANK_RECORDS = "records.rank{}.jsonl"
 SUMMARY = "summary.json"
 LOCK = ".lock"
+DONE_MARKER = "done.rank{}.json"
+FAILED_MARKER = "failed.rank{}.json"
+MERGED_MARKER = "merged.json"
 #: manifest keys that must match for a folder to be resumed (the rest is information)
 IDENTITY_KEYS = ("analysis", "model", "examples", "methods", "params")
 
@@ -45,6 +57,18 @@ class RunMismatch(ValueError):
 
 class RunLocked(RuntimeError):
     """Another process is writing this run folder."""
+
+
+class RunIncomplete(RuntimeError):
+    """A data-parallel run ended with (sample, method) records missing: a rank failed or was killed.
+
+    The records written are kept; running the same evaluation on the folder again computes only the
+    missing ones. `status` is the content of the folder's `merged.json`.
+    """
+
+    def __init__(self, message: str, status: dict | None = None):
+        super().__init__(message)
+        self.status = status or {}
 
 
 def package_versions() -> dict:
@@ -113,6 +137,8 @@ class Run:
         self._done: set[tuple[str, str]] = set()
         self._fh = None
         self._lock = None
+        self.peers: list[dict | None] = []  # per rank: _process_id(), gathered when the run opens
+        self._lines: dict[Path, tuple[int, int]] = {}  # lines_written: per file, (bytes read, lines)
         if self.directory is None:
             if self.world.size > 1:
                 raise ValueError("an evaluation over several processes needs a run folder (out=) they share")
@@ -138,7 +164,7 @@ class Run:
         if self.world.main:
             try:
                 self._prepare(overwrite, info)
-            except (RunMismatch, RunLocked) as err:
+            except Exception as err:  # noqa: BLE001 - broadcast below, then raised on every rank
                 error = err
         if self.world.size > 1:  # the other ranks learn rank 0's verdict instead of waiting forever
             import torch.distributed as dist
@@ -146,9 +172,15 @@ class Run:
             box = [None if error is None else (type(error).__name__, str(error))]
             dist.broadcast_object_list(box, src=0)
             if box[0] is not None and error is None:
-                error = (RunLocked if box[0][0] == "RunLocked" else RunMismatch)(box[0][1])
+                kind = {"RunLocked": RunLocked, "RunMismatch": RunMismatch}.get(box[0][0])
+                error = kind(box[0][1]) if kind else RuntimeError(
+                    f"rank 0 could not open the run folder {self.directory}: {box[0][0]}: {box[0][1]}")
         if error is not None:
             raise error
+        if self.world.size > 1:  # who the others are: a rank killed outright is then seen to have ended
+            peers = [None] * self.world.size
+            dist.all_gather_object(peers, _process_id())
+            self.peers = peers
         self._load_records()
         self.world.barrier()  # every rank has read the same records before any rank appends
         self._fh = open(self.records_path, "a", encoding="utf-8")
@@ -181,6 +213,7 @@ class Run:
         d.mkdir(parents=True, exist_ok=True)
         if self._lock is None:
             self._acquire_lock(d)
+        _clear_markers(d)  # an earlier attempt's: before any rank of this one can write or read one
         if not manifest_path.is_file():
             manifest = dict(self.identity)
             manifest.update(canonical(info))
@@ -272,40 +305,138 @@ class Run:
         self.records.append(json.loads(line))
         self._done.add(key)
 
-    def records_on_disk(self) -> int:
-        """Complete records in all of the run's files (rank 0's progress bar counts every rank's)."""
+    def lines_written(self) -> int:
+        """Complete lines in all of the run's records files, reading only what was appended since the
+        last call (a progress bar may ask once a second for hours)."""
         if self.directory is None:
             return len(self.records)
-        return sum(len(_complete_records(p)) for p in self._record_files())
+        total = 0
+        for path in self._record_files():
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            offset, count = self._lines.get(path, (0, 0))
+            if size < offset:  # a new file under this name
+                offset, count = 0, 0
+            if size > offset:
+                with open(path, "rb") as fh:
+                    fh.seek(offset)
+                    data = fh.read(size - offset)
+                count += data.count(b"\n")
+                offset += data.rfind(b"\n") + 1  # a line still being written is read again next time
+            self._lines[path] = (offset, count)
+            total += count
+        return total
 
-    def gather(self):
-        """After the loop: every rank has finished; rank 0 appends the rank files' records to
-        records.jsonl (existing lines untouched) and deletes the rank files; every rank then holds all
-        records. One process: the records of an earlier multi-process attempt are merged the same way."""
-        if self.directory is None:
-            return
+    def close_records(self):
+        """This process appends no more records."""
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-        self.world.barrier()
+
+    def gather(self):
+        """After the work, once no rank writes any more: rank 0 appends the rank files' records to
+        records.jsonl (existing lines untouched) and deletes the rank files (one process: those of an
+        earlier multi-process attempt). Several processes: call `merge` on rank 0 once every rank is
+        done (`wait_for_ranks`), and `reload` on the others once `merged.json` is there."""
+        if self.directory is None:
+            return
+        self.close_records()
         if self.world.main:
-            main_path = self.directory / RECORDS
-            have = {self.key(r["sample"], r["method"]) for r in _complete_records(main_path)}
-            rank_files = [p for p in self._record_files() if p != main_path]
-            with open(main_path, "a", encoding="utf-8") as fh:
-                for path in rank_files:
-                    for rec in _complete_records(path):
-                        key = self.key(rec["sample"], rec["method"])
-                        if key not in have:
-                            fh.write(canonical_json(rec) + "\n")
-                            have.add(key)
-                fh.flush()
-                os.fsync(fh.fileno())
-            for path in rank_files:  # only once their records are durable in records.jsonl
-                path.unlink()
-        self.world.barrier()
+            self.merge()
+        self.reload()
+
+    def merge(self):
+        """Rank 0: append the rank files' records to records.jsonl (existing lines untouched), then
+        delete the rank files. Only while no rank writes (a dead rank's torn last line is dropped)."""
+        main_path = self.directory / RECORDS
+        have = {self.key(r["sample"], r["method"]) for r in _complete_records(main_path)}
+        rank_files = [p for p in self._record_files() if p != main_path]
+        with open(main_path, "a", encoding="utf-8") as fh:
+            for path in rank_files:
+                for rec in _complete_records(path):
+                    key = self.key(rec["sample"], rec["method"])
+                    if key not in have:
+                        fh.write(canonical_json(rec) + "\n")
+                        have.add(key)
+            fh.flush()
+            os.fsync(fh.fileno())
+        for path in rank_files:  # only once their records are durable in records.jsonl
+            path.unlink()
+        self.reload()
+
+    def reload(self):
+        """Read the merged records (records.jsonl) again."""
         self.records = _complete_records(self.directory / RECORDS)
         self._done = {self.key(r["sample"], r["method"]) for r in self.records}
+
+    # ------------------------------------------------------------------ end of work, several processes
+    def mark_done(self, failure: dict | None = None):
+        """This rank has finished its share, or given up on it (`failure`: on what and why, JSON).
+        Closes its records file first, so rank 0 reads every record it wrote."""
+        self.close_records()
+        rank = self.world.rank
+        if failure is not None:
+            self._write_marker(FAILED_MARKER.format(rank), {
+                "rank": rank, "world_size": self.world.size, "host": socket.gethostname(), "pid": os.getpid(),
+                **failure, "time": _now()})
+        self._write_marker(DONE_MARKER.format(rank), {"rank": rank, "failed": failure is not None, "time": _now()})
+
+    def wait_for_ranks(self, tick: Callable[[], Any] | None = None) -> list[int]:
+        """Rank 0: wait (polling the folder, no collective, so no timeout) until every rank has written
+        its done marker, or is seen to have ended without one (killed outright; seen only for ranks on
+        this machine). Returns those ranks. `tick` is called while waiting (the progress bar)."""
+        waiting, ended = set(range(self.world.size)), []
+        for _ in _polls(tick):
+            for r in sorted(waiting):
+                if (self.directory / DONE_MARKER.format(r)).exists():
+                    waiting.discard(r)
+                elif r != self.world.rank and _ended(self.peers[r] if r < len(self.peers) else None):
+                    if not (self.directory / DONE_MARKER.format(r)).exists():  # it may have just written it
+                        ended.append(r)
+                    waiting.discard(r)
+            if not waiting:
+                return sorted(ended)
+
+    def failures(self) -> list[dict]:
+        """The failed markers of this attempt's ranks."""
+        return [f for r in range(self.world.size) if (f := self._read_marker(FAILED_MARKER.format(r)))]
+
+    def write_merged(self, status: dict):
+        """Rank 0: the records are merged (and the summary written if complete); the others may go on."""
+        self._write_marker(MERGED_MARKER, status)
+
+    def wait_merged(self, tick: Callable[[], Any] | None = None) -> dict:
+        """The other ranks: wait (polling) for rank 0's `merged.json` and return it. Raises
+        `RunIncomplete` if rank 0 is seen to end without writing it."""
+        for _ in _polls(tick):
+            status = self._read_marker(MERGED_MARKER)
+            if status is not None:
+                return status
+            if _ended(self.peers[0] if self.peers else None) and (status := self._read_marker(MERGED_MARKER)) is None:
+                raise RunIncomplete(
+                    f"the run in {self.directory} is incomplete: rank 0 ended without merging the records "
+                    "(killed?); the records written are kept: run the same command again to complete them",
+                    {"complete": False, "ended": [0]})
+        raise AssertionError("unreachable")
+
+    def clear_markers(self):
+        """Rank 0, after a complete run that every rank has seen end."""
+        _clear_markers(self.directory)
+
+    def _write_marker(self, name: str, content: dict) -> Path:
+        path = self.directory / name
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(canonical_json(content, indent=2))
+        os.replace(tmp, path)  # atomic: a marker is there whole or not at all
+        return path
+
+    def _read_marker(self, name: str) -> dict | None:
+        try:
+            return json.loads((self.directory / name).read_text())
+        except FileNotFoundError:
+            return None
 
     def write_summary(self, summary) -> Path | None:
         """`summary.json`: derived from the records, so it is rewritten on every completion."""
@@ -340,6 +471,66 @@ class Run:
             self.close()
         except Exception:
             pass
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _clear_markers(d: Path):
+    for pattern in (DONE_MARKER.format("*"), FAILED_MARKER.format("*"), MERGED_MARKER):
+        for path in d.glob(pattern + "*"):  # with their .tmp
+            path.unlink(missing_ok=True)
+
+
+def _polls(tick=None, first: float = 0.02, longest: float = 0.5):
+    """An endless sequence of polls, sleeping between them (longer and longer, up to `longest` s)."""
+    pause = first
+    while True:
+        yield
+        if tick is not None:
+            tick()
+        time.sleep(pause)
+        pause = min(longest, pause * 1.5)
+
+
+_SELF: dict | None = None
+
+
+def _process_id() -> dict:
+    """This process: host and pid, and `space` (kernel boot id and pid namespace) and `start` (its
+    start time in clock ticks), which let another process on the same kernel and pid namespace tell
+    that it has ended (its pid gone, a zombie, or reused). Linux; elsewhere `space` is None."""
+    global _SELF
+    if _SELF is None or _SELF["pid"] != os.getpid():
+        space = start = None
+        try:
+            boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+            space = f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+            start = _stat_fields(os.getpid())[19]
+        except (OSError, IndexError):
+            space = start = None
+        _SELF = {"host": socket.gethostname(), "pid": os.getpid(), "space": space, "start": start}
+    return _SELF
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat from field 3 (the state) on; the command name before it may hold spaces."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _ended(peer: dict | None) -> bool:
+    """True when the process `peer` (its _process_id) has certainly ended; False when it is alive or
+    this process cannot tell (another machine or pid namespace, not Linux)."""
+    if not peer or peer.get("space") is None or peer.get("space") != _process_id()["space"]:
+        return False
+    try:
+        fields = _stat_fields(int(peer["pid"]))
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    except (OSError, ValueError):
+        return False
+    return fields[0] in ("Z", "X", "x") or (peer.get("start") is not None and fields[19] != peer["start"])
 
 
 def _short(value, limit: int = 120) -> str:
