@@ -12,6 +12,17 @@ import torch  # noqa: E402
 from transformers import FalconMambaConfig, FalconMambaForCausalLM, MambaConfig, MambaForCausalLM  # noqa: E402
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+def child_env(*first, **variables) -> dict:
+    """The environment of a child Python process: the project (then `first`) ahead on PYTHONPATH, the
+    caller's PYTHONPATH kept behind them (a GPU machine's wheel folder lives there), offline."""
+    from pathlib import Path
+
+    path = [str(Path(__file__).resolve().parents[1]), *map(str, first)]
+    if os.environ.get("PYTHONPATH"):
+        path.append(os.environ["PYTHONPATH"])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "HF_HUB_OFFLINE": "1", **variables}
+
+
 ARCHS = {"mamba": (MambaConfig, MambaForCausalLM), "falcon_mamba": (FalconMambaConfig, FalconMambaForCausalLM)}
 
 

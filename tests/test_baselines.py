@@ -498,7 +498,8 @@ def test_official_variant_equals_the_authors_formulas(arch, method, start_layer)
     got = mlt.explain(model, ids, target=target, method=method, variant="official", start_layer=start_layer)
     assert torch.equal(got.relevance, mlt.explain(model, ids, target=target, method=method,
                                                   start_layer=start_layer).relevance)  # the default
-    torch.testing.assert_close(got.relevance.double(), expected, rtol=0, atol=1e-6)
+    # float32 against the float64 formulas; another CPU's BLAS sums in another order (1.1e-6 seen)
+    torch.testing.assert_close(got.relevance.double(), expected, rtol=1e-5, atol=1e-6)
     assert got.relevance[:, :-1].sum() > 1e-3  # not all on the explained token
     other = mlt.explain(model, ids, target=target, method=method, variant="abs", start_layer=start_layer)
     assert (other.relevance - got.relevance).abs().max() > 1e-3  # the variants differ on this model

@@ -16,12 +16,14 @@ import pytest
 import mambalrp_tools as mlt
 from mambalrp_tools.cli import main
 
+from conftest import child_env
+
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "the secret code is 4 7 1 9 . what is the secret code ? the secret code is"
 
 
 def _run(*argv, env=None, timeout=240):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **(env or {})}
+    env = child_env(**(env or {}))
     return subprocess.run([sys.executable, "-m", "mambalrp_tools.cli", *argv], capture_output=True, text=True,
                           env=env, timeout=timeout, cwd=ROOT)
 
@@ -31,7 +33,7 @@ def test_help_is_fast_and_imports_neither_torch_nor_transformers():
     probe = ("import sys, time; t = time.perf_counter(); import mambalrp_tools.cli as c; c.build_parser(); "
              "print(time.perf_counter() - t, 'torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.split()
+                         env=child_env()).stdout.split()
     assert out[1:] == ["False", "False"]
     assert float(out[0]) < 1.0  # the parser itself; typically a few ms
     t = time.perf_counter()

@@ -25,7 +25,7 @@ from mambalrp_tools.evaluation.faithfulness import curve_masks, perturbation_cur
 from mambalrp_tools.evaluation.long_range import top_k_distances
 from mambalrp_tools.tasks.base import Example
 
-from conftest import tiny_config, tiny_model
+from conftest import child_env, tiny_config, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -654,13 +654,46 @@ def test_evaluation_of_cpu_model_where_mamba_ssm_is_installed(tmp_path):
         ev.needle_grid(needle, [128], [0.5], ["mambalrp"], n=1, tokenizer=needle_tok, **q)
         print("all analyses ran")
     """)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(STANDINS)]), "HF_HUB_OFFLINE": "1"}
+    env = child_env(STANDINS)
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "all analyses ran" in proc.stdout
 
 
 # ------------------------------------------------------------------ data-parallel (torchrun-style, gloo)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("accelerate", [False, True])
+def test_process_group_backend_follows_the_evaluation_device(monkeypatch, accelerate):
+    """On a GPU machine, CPU processes (a CPU model) must join with gloo: nccl cannot put several
+    processes on one GPU. A model on a GPU selects nccl."""
+    import torch.distributed as dist
+
+    from mambalrp_tools.evaluation import distributed
+
+    chosen = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: chosen.append(f"set_device {i}"))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: chosen.append(backend))
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    if accelerate:
+        class FakeState:  # records what Accelerate was asked for
+            def __init__(self, cpu=False):
+                chosen.append("cpu" if cpu else "gpu")
+                self.process_index, self.num_processes = 1, 2
+
+        monkeypatch.setitem(sys.modules, "accelerate", SimpleNamespace(PartialState=FakeState))
+    else:
+        monkeypatch.setitem(sys.modules, "accelerate", None)  # import fails: plain torch.distributed
+    assert distributed.world(torch.device("cpu")) == distributed.World(1, 2)
+    assert chosen == (["cpu"] if accelerate else ["gloo"])
+    chosen.clear()
+    distributed.world("cuda:0")
+    assert chosen == (["gpu"] if accelerate else ["set_device 0", "nccl"])
 
 DIST_SCRIPT = textwrap.dedent("""
     import json, os, sys
@@ -704,9 +737,8 @@ def _launch(world_size, out, n, methods, group="launcher", fail=None):
     port = _free_port()
     procs = []
     for rank in range(world_size):
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "RANK": str(rank),
-               "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port)}
+        env = child_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         argv = [sys.executable, "-c", DIST_SCRIPT, str(out), str(n), methods, group, *([fail] if fail else [])]
         procs.append(subprocess.Popen(argv, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -918,7 +950,7 @@ def test_accelerate_launch_two_cpu_processes_give_the_records_of_one(tmp_path):
     cli = ["evaluate", "faithfulness", "--model", "toy/sentiment", "--n", "6", "--methods", "mambalrp,gi",
            "--steps", "4", "--threads", "1", "--quiet", "--no-figures"]
     # HF_HOME: an empty one, so that no accelerate config of this machine's user is read
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    env = child_env(HF_HOME=str(tmp_path / "hf"))
     one = subprocess.run([sys.executable, "-m", "mambalrp_tools.cli", *cli, "--out", str(tmp_path / "one")],
                          env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert one.returncode == 0, one.stderr

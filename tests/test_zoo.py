@@ -58,6 +58,7 @@ def test_cli_training_loss_drops_and_is_bit_deterministic(tiny_specs, tmp_path):
 def test_lm_training_pads_inert_and_roundtrip(tiny_specs, tmp_path, monkeypatch):
     model, tok, rec = T.train_toy("copying", tmp_path / "copying", steps=6, evaluate=False, log_every=3, argv=["t"])
     assert rec["final"]["loss"] > 0 and not model.training
+    model = model.cpu()  # trained on the GPU where there is one; compared with a CPU load below
     emb = model.get_input_embeddings().weight
     assert torch.count_nonzero(emb[T.PAD_ID]) == 0  # the pad embedding stays zero through training
     ex = tasks.load("copying", 1, seed=0, tokenizer=tok, min_length=4, max_length=8)[0]

@@ -2,8 +2,10 @@
 
 Launched by torchrun (or anything that sets RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT), the
 analyses join the process group themselves: through Accelerate's `PartialState` when Accelerate is
-installed, else `torch.distributed` directly (nccl on GPUs, gloo on CPU). A process group the caller
-has already set up is used as it is. Without any of these the evaluation is one process.
+installed, else `torch.distributed` directly. The backend follows the device the evaluation runs on,
+not what the machine has: nccl for a model on a GPU, gloo for a CPU model (also on a GPU machine,
+where several CPU processes cannot share one GPU through nccl). A process group the caller has
+already set up is used as it is. Without any of these the evaluation is one process.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ class World:
             dist.barrier()
 
 
-def world() -> World:
-    """This process' rank and the number of processes, joining the launcher's process group if needed."""
+def world(device=None) -> World:
+    """This process' rank and the number of processes, joining the launcher's process group if needed.
+    device: where the evaluation runs (a model's `.device`); a CUDA device selects nccl, anything
+    else gloo."""
     import torch
     import torch.distributed as dist
 
+    on_gpu = device is not None and torch.device(device).type == "cuda"
     if dist.is_available() and dist.is_initialized():
         return World(dist.get_rank(), dist.get_world_size())
     size = int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -43,11 +48,11 @@ def world() -> World:
     except ImportError:
         PartialState = None
     if PartialState is not None:
-        state = PartialState()  # sets up the process group from the launcher's environment
+        state = PartialState(cpu=not on_gpu)  # sets up the process group from the launcher's environment
         if dist.is_initialized():
             return World(dist.get_rank(), dist.get_world_size())
         return World(state.process_index, state.num_processes)
-    if torch.cuda.is_available():
+    if on_gpu:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl")
     else:

@@ -113,7 +113,7 @@ def run_analysis(analysis: str, model, examples: Sequence, methods, compute: Com
     """
     specs = parse_methods(methods)
     samples = list(enumerate(examples)) if samples is None else samples
-    world = current_world()
+    world = current_world(getattr(model, "device", None))
     run = Run(out, {
         "analysis": analysis,
         "model": model_fingerprint(model, model_name),
