@@ -1,4 +1,4 @@
-"""How much explain(precision="model") departs from the exact float32 path, on one model and length.
+"""How much explain(precision="tf32" / "model") departs from the exact float32 path, on one model and length.
 
     python benchmarks/precision_agreement.py --device cuda --size 1.4b --dtype bfloat16 --length 2048
 
@@ -16,6 +16,7 @@ import time
 import torch
 
 import mambalrp_tools as mlt
+from mambalrp_tools.numerics import PRECISIONS
 from bench_explain import SIZES, build
 
 
@@ -33,11 +34,11 @@ def main():
     vocab = SIZES[(args.arch, args.size)]["vocab_size"]
     g = torch.Generator().manual_seed(0)
     rows = {prec: {"conservation": [], "conservation_abs": [], "pearson": [], "top10": [], "seconds": []}
-            for prec in ("float32", "model")}
+            for prec in PRECISIONS}
     for _ in range(args.samples):
         ids = torch.randint(0, vocab, (1, args.length), generator=g).to(args.device)
         out = {}
-        for prec in ("float32", "model"):
+        for prec in PRECISIONS:
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             start = time.perf_counter()

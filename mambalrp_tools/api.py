@@ -41,7 +41,8 @@ def explain(
     checkpoint: recompute each layer in backward to save memory: True/"device", "cpu" (layer inputs
         kept in host memory, for ~10^6 tokens on a GPU) or False; default: only when the activations
         would not fit (see `architectures.lrp_mode`).
-    precision: "float32" (default: every matmul upcast, relevance conserves f exactly) or "model"
+    precision: "float32" (default: every matmul upcast, relevance conserves f exactly), "tf32" (the
+        same, with CUDA's TF32 tensor cores for the float32 matmuls; no effect on a CPU) or "model"
         (matmuls in the model's bf16/fp16, the residual stream, scan and readout in float32; faster on
         half-precision models, conservation within about 1e-2; see README "Precision").
     The model is run in eval mode and left exactly as it was.

@@ -1,4 +1,5 @@
-"""explain(precision=...): "float32" is exact on every dtype; "model" runs the matmuls in the model's dtype."""
+"""explain(precision=...): "float32" is exact on every dtype; "tf32" lets CUDA's float32 matmuls use TF32;
+"model" runs the matmuls in the model's dtype."""
 
 from __future__ import annotations
 
@@ -74,3 +75,41 @@ def test_bad_precision_is_a_value_error():
     model = tiny_model()
     with pytest.raises(ValueError, match="precision must be one of"):
         mlt.explain(model, _ids(), precision="fp8")
+
+
+def test_tf32_is_set_for_the_explanation_and_restored(arch):
+    """The mechanism, on any device: TF32 matmuls ("high") inside, the caller's setting after, also
+    after an exception; on a CPU ("high" changes nothing there) the relevance equals float32's."""
+    model = tiny_model(arch, zero_biases=True)
+    ids = _ids()
+    before = torch.get_float32_matmul_precision()
+    seen = []
+    with mlt.lrp_mode(model, precision="tf32"):
+        seen.append(torch.get_float32_matmul_precision())
+    assert seen == ["high"] and torch.get_float32_matmul_precision() == before
+    with pytest.raises(KeyboardInterrupt), mlt.lrp_mode(model, precision="tf32"):
+        raise KeyboardInterrupt
+    assert torch.get_float32_matmul_precision() == before
+    with mlt.lrp_mode(model, precision="float32"):
+        assert torch.get_float32_matmul_precision() == before
+    a = mlt.explain(model, ids, target=3, precision="float32")
+    b = mlt.explain(model, ids, target=3, precision="tf32")
+    assert torch.get_float32_matmul_precision() == before
+    assert b.info["precision"] == "tf32"
+    assert torch.equal(a.relevance, b.relevance) and torch.equal(a.logit, b.logit)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TF32 matmuls exist on CUDA GPUs only")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tf32_on_the_gpu(arch, dtype):
+    model = tiny_model(arch, zero_biases=True, dtype=dtype, hidden_size=256).cuda()
+    snap = snapshot(model)
+    ids = _ids(T=256).cuda()
+    exact = mlt.explain(model, ids, target=3, precision="float32")
+    fast = mlt.explain(model, ids, target=3, precision="tf32")
+    assert_untouched(model, snap)
+    assert torch.allclose(fast.logit, exact.logit, rtol=1e-2, atol=1e-2)
+    gap = (fast.relevance.sum(-1) - fast.logit).abs() / fast.relevance.abs().sum(-1)
+    assert float(gap.max()) < MODEL_PRECISION_BOUND, gap
+    for a, b in zip(fast.relevance, exact.relevance):
+        assert float(torch.corrcoef(torch.stack([a, b]))[0, 1]) > 0.99

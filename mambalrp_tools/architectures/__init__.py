@@ -18,7 +18,7 @@ from transformers.models.mamba.modeling_mamba import MambaModel
 from transformers.models.mamba2.modeling_mamba2 import Mamba2Model
 
 from .. import backends
-from ..numerics import resolve_precision
+from ..numerics import matmul_precision, resolve_precision
 from ..recompute import HostSlabs
 from ..rules import Rules
 from .base import Architecture, LayerSSM, PatchContext, Sizes
@@ -78,7 +78,8 @@ def lrp_mode(
     them on the model's device, "cpu" in host memory (for ~10^6 tokens on a GPU), False never;
     None (default): on only when the stored activations would not fit (over CPU_ACTIVATION_BUDGET on
     CPU, half the free memory on a GPU), and "cpu" when even the layer inputs would crowd the GPU.
-    `precision`: "float32" (default; exact) or "model" (matmuls in the model's dtype, see `numerics`).
+    `precision`: "float32" (default; exact), "tf32" (float32 with TF32 matmuls on CUDA) or "model"
+    (matmuls in the model's dtype); see `numerics`.
 
         with lrp_mode(model):
             emb = model.get_input_embeddings()(ids).detach().requires_grad_()
@@ -93,21 +94,22 @@ def lrp_mode(
     ctx = PatchContext(rules, chosen, _checkpoint_mode(checkpoint, seq_len, arch.sizes(model), device, pieces), HostSlabs(),
                        resolve_precision(precision))
     installed = []
-    try:
-        for module in model.base_model.modules():
-            factory = arch.factory(module)
-            if factory is None:
-                continue
-            forward = factory(module, ctx)
-            installed.append((module, module.__dict__.get("forward", _ABSENT)))
-            module.forward = forward
-        yield model
-    finally:
-        for module, previous in reversed(installed):
-            if previous is _ABSENT:
-                del module.forward
-            else:
-                module.forward = previous
+    with matmul_precision(ctx.precision):
+        try:
+            for module in model.base_model.modules():
+                factory = arch.factory(module)
+                if factory is None:
+                    continue
+                forward = factory(module, ctx)
+                installed.append((module, module.__dict__.get("forward", _ABSENT)))
+                module.forward = forward
+            yield model
+        finally:
+            for module, previous in reversed(installed):
+                if previous is _ABSENT:
+                    del module.forward
+                else:
+                    module.forward = previous
 
 
 _ABSENT = object()

@@ -23,7 +23,7 @@ class PatchContext:
     backend: Backend
     checkpoint: str | None  # None, "device" or "cpu": per-layer recomputation
     slabs: HostSlabs  # host memory shared by all layers when checkpoint == "cpu"
-    precision: str = "float32"  # "float32" or "model": the dtype of matmuls (see numerics)
+    precision: str = "float32"  # "float32", "tf32" or "model": how matmuls run (see numerics)
 
 
 #: factory(module, ctx) -> the replacement forward of that module instance

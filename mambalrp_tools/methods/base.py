@@ -91,7 +91,7 @@ class Query:
     backend: str = "auto"
     chunk_size: int | None = None
     checkpoint: bool | str | None = None
-    precision: str = "float32"  # "float32" or "model" (see numerics)
+    precision: str = "float32"  # "float32", "tf32" or "model" (see numerics)
     logit: torch.Tensor | None = field(default=None, init=False)  # f at the input, set by `resolve`
     #: f at the baseline, set by methods whose completeness target is f - f(baseline)
     baseline_logit: torch.Tensor | None = field(default=None, init=False)
