@@ -9,6 +9,7 @@ from conftest import tiny_model
 
 import mambalrp_tools as mlt
 from mambalrp_tools.methods import Query, captum_methods
+from mambalrp_tools.methods import hidden_attention
 from mambalrp_tools.methods.hidden_attention import LayerSSM, attention_matrix, capture_layers, rollout_row
 from reference import reference_scan
 
@@ -322,6 +323,24 @@ def test_blockwise_equals_dense(arch):
             assert torch.equal(row[:, position + 1 :], torch.zeros_like(row[:, position + 1 :]))
     weights = [torch.rand(2, 17, dtype=torch.float64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     torch.testing.assert_close(rollout_row(layers, 16, weights, block=5), _dense_rollout(dense, 16, weights))
+
+
+def test_tiles_on_a_gpu_follow_its_free_memory():
+    """A GPU gets tiles up to GPU_BUDGET elements (fewer, larger kernels), a CPU the fixed BUDGET."""
+    ha = hidden_attention
+    assert ha.budget_for("cpu") == ha.BUDGET
+    assert ha.budget_for("cuda", free_bytes=130 * 2**30) == ha.GPU_BUDGET
+    assert ha.budget_for("cuda", free_bytes=ha.GPU_BUDGET * 4 * ha.GPU_BUDGET_SHARE // 2) == ha.GPU_BUDGET // 2
+    assert ha.budget_for("cuda", free_bytes=2**20) == ha.BUDGET  # never below the CPU's
+
+
+def test_rollout_at_the_gpu_budget_equals_the_cpu_budget(arch):
+    """The GPU's larger tiles (all rows of a layer in one block here) give the same rows."""
+    _, layers = _layers(arch, length=17)
+    for attention in ("abs", "signed", "clamped"):
+        small = rollout_row(layers, 16, budget=60, leaf=2, attention=attention)
+        large = rollout_row(layers, 16, budget=hidden_attention.GPU_BUDGET, attention=attention)
+        torch.testing.assert_close(large, small, rtol=1e-9, atol=1e-12)
 
 
 def test_rollout_is_distribution(model, ids):

@@ -44,8 +44,14 @@ from ..architectures import LayerSSM, architecture_of, eval_mode
 from ..rules import Rules
 from .base import Query, register
 
-#: elements per [batch, rows, d_inner, n] temporary (32 MiB in float32)
+#: elements per [batch, rows, d_inner, n] temporary (32 MiB in float32) on a CPU
 BUDGET = 1 << 23
+#: on a GPU: at most this many (256 MiB in float32), and at most 1/GPU_BUDGET_SHARE of the free memory.
+#: Larger tiles mean fewer, larger kernels: at the CPU budget a 130m-sized model's rollout at 1,024
+#: tokens launched ~28,000 small operations, 1.68 s of wall time for 0.38 s on an H200
+#: (benchmarks/results/h200_2026-12-01.md)
+GPU_BUDGET = 1 << 26
+GPU_BUDGET_SHARE = 64
 #: diagonal tiles at most this many rows wide are computed directly
 LEAF = 8
 #: most rows per block (larger blocks recompute the keys' decays less often)
@@ -217,6 +223,17 @@ class _Tiler:
             yield t0, t1, self.rows(t0, t1)
 
 
+def budget_for(device, free_bytes: int | None = None) -> int:
+    """Elements per tiling temporary on `device`: BUDGET on a CPU; on a GPU up to GPU_BUDGET, within
+    1/GPU_BUDGET_SHARE of its free memory (several temporaries of this size live at once)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return BUDGET
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    return max(BUDGET, min(GPU_BUDGET, free_bytes // GPU_BUDGET_SHARE // 4))
+
+
 def attention_matrix(layer: LayerSSM, budget: int = BUDGET, leaf: int = LEAF) -> torch.Tensor:
     """The full [b, T, T] hidden attention of one layer (signed, channel-averaged, lower triangular)."""
     b, T = _batch_and_length(layer)
@@ -301,7 +318,7 @@ VARIANTS = ("official", "abs")
 
 
 def rollout_row(layers: list[LayerSSM], position: int, column_weights=None, block: int | None = None,
-                budget: int = BUDGET, leaf: int = LEAF, attention: str = "abs") -> torch.Tensor:
+                budget: int | None = None, leaf: int = LEAF, attention: str = "abs") -> torch.Tensor:
     """Row `position` of prod_l rownorm(a_l * w_l + I) (last layer first), [b, T].
 
     a_l by `attention`: "abs" |alpha_l| (rows then sum to 1), "signed" alpha_l, "clamped" the mean over
@@ -309,13 +326,15 @@ def rollout_row(layers: list[LayerSSM], position: int, column_weights=None, bloc
     authors' min-max (the min is 0: the causal matrix's upper triangle; a lone token scores 1 anyway).
     alpha_l is the signed channel mean. column_weights: optional per layer [b, T] factors multiplied into
     the columns (mamba_attr). Computed as r <- r @ Ahat_l, one block of rows of Ahat_l at a time; only
-    positions <= `position` matter.
+    positions <= `position` matter. budget: elements per tiling temporary (None: `budget_for` the
+    layers' device).
     """
     if attention not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, not {attention!r}")
     b, T = _batch_and_length(layers[0])
     p = position % T
     r = layers[0].A.new_zeros(b, p + 1)
+    budget = budget_for(r.device) if budget is None else budget
     r[:, p] = 1
     for i in reversed(range(len(layers))):
         weight = None if column_weights is None else column_weights[i]
