@@ -19,6 +19,7 @@ from mambalrp_tools import architectures, backends, evaluation
 from mambalrp_tools.architectures import Architecture, LayerSSM, PatchContext, Sizes
 from mambalrp_tools.methods import Query, captum_methods, method_info
 from mambalrp_tools.methods.hidden_attention import capture_layers, hidden_attention
+from conftest import tiny_model
 from mambalrp_tools.rules import Rules, gate, rms_norm, silu, ssm
 from reference import reference_scan
 
@@ -252,3 +253,18 @@ def test_randomisation_check_runs_through_the_new_architecture(toy):
     assert res.summary["stages"] == ["trained", "head", "norm_f", "layer_1", "layer_0", "embeddings"]
     assert res.summary["methods"]["random"]["spearman"] == pytest.approx([1.0] * 6)
     assert min(res.summary["methods"]["mambalrp"]["spearman"][1:]) < 0.9
+
+
+def test_auto_checkpoint_counts_the_whole_batch(monkeypatch):
+    """A 130m-sized model at 512 tokens stores ~0.75 GB of activations per sequence (under the CPU
+    budget), a batch of 16 twelve times the budget: the batch is recomputed, one sequence is not.
+    explain passes its batch size on."""
+    sizes = Sizes(layers=24, hidden=768, inner=1536, state=16, activation_floats=10)
+    cpu = torch.device("cpu")
+    assert architectures._checkpoint_mode(None, 512, sizes, cpu) is None
+    assert architectures._checkpoint_mode(None, 512, sizes, cpu, batch_size=16) == "device"
+    seen = []
+    original = architectures._checkpoint_mode
+    monkeypatch.setattr(architectures, "_checkpoint_mode", lambda *a: seen.append(a[-1]) or original(*a))
+    mlt.explain(tiny_model("mamba"), torch.zeros(3, 12, dtype=torch.long), target=0)
+    assert seen and set(seen) == {3}

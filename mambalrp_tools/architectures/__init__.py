@@ -69,6 +69,7 @@ def lrp_mode(
     checkpoint: bool | str | None = None,
     seq_len: int | None = None,
     precision: str | None = None,
+    batch_size: int = 1,
 ) -> Iterator:
     """Patch `model` so that Gradient x Input on its input embeddings is MambaLRP.
 
@@ -77,7 +78,8 @@ def lrp_mode(
     `checkpoint` recomputes each layer in backward, keeping only layer inputs: True/"device" keeps
     them on the model's device, "cpu" in host memory (for ~10^6 tokens on a GPU), False never;
     None (default): on only when the stored activations would not fit (over CPU_ACTIVATION_BUDGET on
-    CPU, half the free memory on a GPU), and "cpu" when even the layer inputs would crowd the GPU.
+    CPU, half the free memory on a GPU, for `batch_size` sequences of `seq_len` tokens), and "cpu"
+    when even the layer inputs would crowd the GPU.
     `precision`: "float32" (default; exact), "tf32" (float32 with TF32 matmuls on CUDA) or "model"
     (matmuls in the model's dtype); see `numerics`.
 
@@ -91,7 +93,8 @@ def lrp_mode(
     device = next(model.parameters()).device
     chosen = backends.resolve(backend, device, chunk_size)
     pieces = chosen.carries_state(rules.ssm)
-    ctx = PatchContext(rules, chosen, _checkpoint_mode(checkpoint, seq_len, arch.sizes(model), device, pieces), HostSlabs(),
+    ctx = PatchContext(rules, chosen, _checkpoint_mode(checkpoint, seq_len, arch.sizes(model), device, pieces,
+                                                        batch_size), HostSlabs(),
                        resolve_precision(precision))
     installed = []
     with matmul_precision(ctx.precision):
@@ -146,16 +149,16 @@ def input_gradients_only(model):
             p.requires_grad_(flag)
 
 
-def _checkpoint_mode(checkpoint, seq_len, sizes: Sizes, device, pieces: bool = False) -> str | None:
+def _checkpoint_mode(checkpoint, seq_len, sizes: Sizes, device, pieces: bool = False, batch_size: int = 1) -> str | None:
     if checkpoint is None:
-        checkpoint = _auto_checkpoint(seq_len, sizes, device, pieces)
+        checkpoint = _auto_checkpoint(seq_len, sizes, device, pieces, batch_size)
     mode = {False: None, True: "device", "device": "device", "cpu": "cpu"}.get(checkpoint, "invalid")
     if mode == "invalid":
         raise ValueError(f"checkpoint must be None, True, False, 'device' or 'cpu', got {checkpoint!r}")
     return mode
 
 
-def _auto_checkpoint(seq_len, sizes: Sizes, device, pieces: bool = False):
+def _auto_checkpoint(seq_len, sizes: Sizes, device, pieces: bool = False, batch_size: int = 1):
     """Recompute layers only when storing every layer's activations would not fit comfortably.
 
     Autograd keeps about `activation_floats` x `inner` floats per token and layer; recomputation
@@ -164,12 +167,13 @@ def _auto_checkpoint(seq_len, sizes: Sizes, device, pieces: bool = False):
     (`inner` floats) so that the recomputation skips the scan; on CPU that is still well below the
     budget. With `pieces` (the backend carries a layer's state, so a recomputed layer runs in pieces)
     a GPU needs little beyond the kept inputs; otherwise recomputing a whole layer needs room for its
-    activations too. Estimates are for batch 1.
+    activations too. Estimates are for `batch_size` sequences (a batch of 16 stores 16 times as much).
     """
     if seq_len is None:
         return False
-    stored = seq_len * sizes.layers * sizes.activation_floats * sizes.inner * 4
-    kept = seq_len * sizes.layers * sizes.hidden * 4
+    tokens = seq_len * batch_size
+    stored = tokens * sizes.layers * sizes.activation_floats * sizes.inner * 4
+    kept = tokens * sizes.layers * sizes.hidden * 4
     if device.type != "cuda":
         return stored > CPU_ACTIVATION_BUDGET and "device"
     free = torch.cuda.mem_get_info(device)[0]

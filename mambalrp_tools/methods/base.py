@@ -103,7 +103,7 @@ class Query:
     def patched(self, rules: Rules | dict | None):
         opts = {} if self.chunk_size is None else {"chunk_size": self.chunk_size}
         return lrp_mode(self.model, rules, backend=self.backend, checkpoint=self.checkpoint, precision=self.precision,
-                        seq_len=self.seq_len, **opts)
+                        seq_len=self.seq_len, batch_size=self.input_ids.shape[0], **opts)
 
     def embeddings(self) -> torch.Tensor:
         """Input embeddings [B, T, H] (at least float32), detached."""
