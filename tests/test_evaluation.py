@@ -702,6 +702,8 @@ DIST_SCRIPT = textwrap.dedent("""
     from mambalrp_tools import evaluation as ev, tasks
     torch.set_num_threads(1)
     out, n, methods, group = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(","), sys.argv[4]
+    if group == "plain":  # as if Accelerate were not installed: the analysis joins through torch.distributed
+        sys.modules["accelerate"] = None
     if group == "caller":  # the caller sets up the process group; else the analysis joins the launcher's
         torch.distributed.init_process_group("gloo")
     if len(sys.argv) > 5:  # "R:S": rank R's compute raises on sample S
@@ -788,7 +790,9 @@ def one_process_reference(tmp_path_factory):
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("group", ["launcher", "caller"])  # launcher: Accelerate's PartialState if installed
+# launcher: Accelerate's PartialState (installed with the dev extra); plain: torch.distributed itself;
+# caller: a process group the caller set up
+@pytest.mark.parametrize("group", ["launcher", "plain", "caller"])
 def test_two_gloo_processes_give_the_records_and_summary_of_one(one_process_reference, tmp_path, group):
     out = tmp_path / "run"
     procs = _launch(2, out, 10, "mambalrp,gi", group)
