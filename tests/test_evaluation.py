@@ -719,8 +719,11 @@ DIST_SCRIPT = textwrap.dedent("""
             return real(analysis, model, examples, methods, failing, *args, **kwargs)
         faith.run_analysis = run_analysis
     model, tok = mlt.load_model("toy/sentiment")
-    res = ev.faithfulness(model, tasks.load("sentiment", n, 0), methods, steps=4, tokenizer=tok, out=out,
-                          progress=False)
+    if os.environ.get("ANALYSIS") == "randomization":  # an analysis of the engine's per-sample loop
+        res = ev.randomization_check(model, tasks.load("sentiment", n, 0), methods, out=out, progress=False)
+    else:
+        res = ev.faithfulness(model, tasks.load("sentiment", n, 0), methods, steps=4, tokenizer=tok, out=out,
+                              progress=False)
     print(json.dumps({"n_records": len(res.records), "summary": res.summary}))
 """)
 
@@ -733,16 +736,16 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _launch(world_size, out, n, methods, group="launcher", fail=None):
+def _launch(world_size, out, n, methods, group="launcher", fail=None, env=None):
     """What torchrun does for CPU processes: RANK / WORLD_SIZE / MASTER_* in each process' environment.
-    fail="R:S": rank R's compute raises ZeroDivisionError on sample S."""
+    fail="R:S": rank R's compute raises ZeroDivisionError on sample S. env: more environment variables."""
     port = _free_port()
     procs = []
     for rank in range(world_size):
-        env = child_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        variables = child_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **(env or {}))
         argv = [sys.executable, "-c", DIST_SCRIPT, str(out), str(n), methods, group, *([fail] if fail else [])]
-        procs.append(subprocess.Popen(argv, env=env,
+        procs.append(subprocess.Popen(argv, env=variables,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       start_new_session=True))
     return procs
@@ -908,6 +911,25 @@ def test_a_rank_killed_outright_leaves_the_run_intact(one_process_reference, tmp
     assert f"{20 - len(on_disk)} of 20 (sample, method) records are missing" in err0
     assert not (out / runs.SUMMARY).exists()
     _finish_in_one_process(out, one_process_reference)
+
+
+@pytest.mark.timeout(400)
+def test_two_gloo_processes_share_a_per_sample_analysis(tmp_path):
+    """randomization_check goes through the engine's per-sample loop (one record per method of a
+    sample, computed together): 2 processes give the records and summary of 1."""
+    model, _ = mlt.load_model("toy/sentiment")
+    torch.set_num_threads(1)
+    ref = ev.randomization_check(model, mlt.tasks.load("sentiment", 4, 0), ["mambalrp", "gi"], out=tmp_path / "ref",
+                                 progress=False)
+    out = tmp_path / "run"
+    procs = _launch(2, out, 4, "mambalrp,gi", env={"ANALYSIS": "randomization"})
+    for p in procs:
+        _, err = p.communicate(timeout=380)
+        assert p.returncode == 0, err
+    assert len(ref.records) == 8
+    _same_records(runs.read_records(out), ref.records)
+    _same_summary(json.loads((out / runs.SUMMARY).read_text()), ref.summary)
+    assert not _markers(out)
 
 
 @pytest.mark.timeout(400)
