@@ -73,7 +73,8 @@ class NeedleResult(Result):
         return {f"needle_{m.replace(':', '_')}": self.plot(m) for m in self.summary["methods"]}
 
 
-def _needle_positions(ex) -> torch.Tensor:
+def needle_positions(ex) -> torch.Tensor:
+    """The positions of "the needle" (see the module docstring): its sentence span, else the evidence."""
     meta = ex.meta or {}
     if "needle_start" in meta and "needle_end" in meta:
         return torch.arange(int(meta["needle_start"]), int(meta["needle_end"]))
@@ -135,7 +136,7 @@ def needle_grid(model, context_lengths=(128, 256, 512, 1024), depths=(0.0, 0.25,
         recs = []
         for i, (sid, ex) in enumerate(batch):
             r = rel[i]
-            needle = _needle_positions(ex)
+            needle = needle_positions(ex)
             meta = ex.meta or {}
             recs.append({"sample": sid, "context_length": sid[0], "depth": sid[1], "n_tokens": int(ids.shape[1]),
                          "target": int(tgt[i]), "pred": int(pred[i]), "correct": bool(pred[i] == tgt[i]),

@@ -13,6 +13,7 @@ import ipywidgets as W
 import torch
 
 from ..api import explain
+from ..evaluation.needle import needle_positions, needle_share
 from ..methods import list_methods
 from ..viz.html import token_heatmap, window
 from .base import Explorer, label_of, new_figure, token_text
@@ -59,10 +60,11 @@ class NeedleView:
 
 
 def needle_view(model, tokenizer, ex, expl) -> NeedleView:
+    """The needle is what `needle_grid` calls the needle (its sentence), so the share is the grid's."""
     r = expl.relevance[0]
-    lo, hi = int(ex.evidence.min()), int(ex.evidence.max()) + 1
-    pos = r.clamp(min=0)
-    share = float(pos[lo:hi].sum() / pos.sum()) if float(pos.sum()) > 0 else float("nan")
+    needle = needle_positions(ex)
+    lo, hi = int(needle.min()), int(needle.max()) + 1
+    share = needle_share(r, needle)
     return NeedleView(ex, r, lo, hi, label_of(tokenizer, model, int(expl.target[0])),
                       label_of(tokenizer, model, ex.target), int(expl.target[0]) == int(ex.target), share)
 
