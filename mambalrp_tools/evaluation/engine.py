@@ -162,25 +162,7 @@ def _end_of_work(run: Run, world, bar, failure, at, ids, specs, summarize):
                       f"(details: {run.directory / FAILED_MARKER.format(world.rank)})", RuntimeWarning, stacklevel=3)
     summary, error = None, None
     if world.main:
-        ended: list[int] = []
-        try:
-            ended = run.wait_for_ranks(bar.poll)
-            run.merge()
-            status = {"complete": False, "world_size": world.size, "total": len(ids) * len(labels),
-                      "missing": len(run.pending(ids, labels)), "failed": run.failures(), "ended": ended}
-            status["complete"] = status["missing"] == 0 and not status["failed"] and not ended
-            if status["complete"]:
-                summary = summarize([r for r in run.records if r["method"] in labels], specs)
-                run.write_summary(summary)
-        except Exception as err:  # noqa: BLE001 - the others are told, then it is raised
-            error = err
-            try:
-                failed = run.failures()
-            except Exception:  # noqa: BLE001 - the merge error is the one to report
-                failed = []
-            status = {"complete": False, "world_size": world.size, "total": len(ids) * len(labels),
-                      "missing": len(run.pending(ids, labels)), "failed": failed, "ended": ended,
-                      "error": f"{type(err).__name__}: {err}"}
+        status, summary, error = _merge_on_rank0(run, world, bar, ids, specs, summarize)
         bar.show(status["total"] - status["missing"])
         run.write_merged(status)
     else:
@@ -207,6 +189,34 @@ def _end_of_work(run: Run, world, bar, failure, at, ids, specs, summarize):
             failure.add_note(message)
         raise failure
     raise RunIncomplete(message, status)
+
+
+def _merge_on_rank0(run: Run, world, bar, ids, specs, summarize):
+    """Rank 0: wait for every rank, merge their records and summarise a complete run. Returns (the
+    status for merged.json, the summary or None, the error to raise after the others are told, or None)."""
+    labels = [s.label for s in specs]
+    ended, summary, error = [], None, None
+    try:
+        ended = run.wait_for_ranks(bar.poll)
+        run.merge()
+    except Exception as err:  # noqa: BLE001 - the others are told, then it is raised
+        error = err
+    try:
+        failed = run.failures()
+    except Exception as err:  # noqa: BLE001 - an earlier error is the one to report
+        failed, error = [], error or err
+    status = {"world_size": world.size, "total": len(ids) * len(labels), "missing": len(run.pending(ids, labels)),
+              "failed": failed, "ended": ended}
+    status["complete"] = error is None and status["missing"] == 0 and not failed and not ended
+    if status["complete"]:
+        try:
+            summary = summarize([r for r in run.records if r["method"] in labels], specs)
+            run.write_summary(summary)
+        except Exception as err:  # noqa: BLE001 - as above
+            error, status["complete"] = err, False
+    if error is not None:
+        status["error"] = f"{type(error).__name__}: {error}"
+    return status, summary, error
 
 
 def _failure_report(err: BaseException, at: dict) -> dict:

@@ -33,7 +33,6 @@ import platform
 import shutil
 import socket
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -345,7 +344,8 @@ class Run:
         self.close_records()
         if self.world.main:
             self.merge()
-        self.reload()
+        else:
+            self.reload()
 
     def merge(self):
         """Rank 0: append the rank files' records to records.jsonl (existing lines untouched), then
@@ -419,7 +419,6 @@ class Run:
                     f"the run in {self.directory} is incomplete: rank 0 ended without merging the records "
                     "(killed?); the records written are kept: run the same command again to complete them",
                     {"complete": False, "ended": [0]})
-        raise AssertionError("unreachable")
 
     def clear_markers(self):
         """Rank 0, after a complete run that every rank has seen end."""
