@@ -147,14 +147,56 @@ def cuda_chunk_scan():
 
 
 def kernel_ssd_scan(x, dt, A, B, C, D=None, chunk_size: int = DEFAULT_CHUNK, initial_state=None,
-                    return_last_state: bool = False):
+                    return_last_state: bool = False, kernel=None):
     """`ssd_scan` through mamba-ssm's Triton kernel (CUDA). dt must already be softplus'ed and clamped:
-    the kernel's own softplus and limits stay off, and the caller passes dt, A, B, C detached under the
-    ssm rule, so the kernel's backward yields the gradient of x (and of the initial state) only."""
-    fn = cuda_chunk_scan()
+    the kernel's own softplus and limits stay off. With dt, A, B, C and D constant (the ssm rule) the
+    backward is one more forward call of the kernel (`_KernelLinearSSD`) instead of its own backward,
+    which would also compute the gradients of dt, A, B, C and D. `kernel`: a stand-in with the
+    kernel's signature (tests); default mamba-ssm's `mamba_chunk_scan_combined`."""
+    fn = kernel or cuda_chunk_scan()
     if fn is None:
         raise RuntimeError("the CUDA SSD scan needs mamba-ssm: pip install 'mambalrp_tools[gpu]'")
-    out = fn(x, dt, A, B, C, chunk_size, D=D, initial_states=initial_state, dt_softplus=False,
-             return_final_states=True)
-    y, last = out
+    if any(t is not None and t.requires_grad for t in (dt, A, B, C, D)):
+        y, last = fn(x, dt, A, B, C, chunk_size, D=D, initial_states=initial_state, dt_softplus=False,
+                     return_final_states=True)
+    else:
+        y, last = _KernelLinearSSD.apply(fn, x, dt, A, B, C, D, initial_state, int(chunk_size))
     return (y, last) if return_last_state else y
+
+
+#: the adjoint's first step must neither decay its state (a'_0 = 0) nor lose its input, yet the kernel
+#: scales each step's input by the same dt' that sets its decay: a dt' this small decays by exactly 1.0
+#: in float32 (for |A| < 5e4) and is divided out of the input beforehand
+_TINY_DT = 1e-12
+
+
+class _KernelLinearSSD(torch.autograd.Function):
+    """The kernel's scan for constant dt, A, B, C, D, with `_LinearSSD`'s adjoint run by the kernel.
+
+    The kernel computes s_j = exp(dt'_j A) s_{j-1} + dt'_j x'_j B'_j, y'_j = s_j C'_j. The adjoint
+    (see `_LinearSSD`) is that scan over reversed time with B and C swapped and decays shifted by one
+    step, so dt'_j = dt_{T-j} (j >= 1), dt'_0 = _TINY_DT, and input x'_j = flip(dy)_j / dt'_j.
+    """
+
+    @staticmethod
+    def forward(ctx, fn, x, dt, A, B, C, D, s0, chunk):
+        ctx.set_materialize_grads(False)  # an unused last state costs nothing (dlast None)
+        ctx.save_for_backward(dt, A, B, C, D)
+        ctx.fn, ctx.chunk, ctx.has_s0 = fn, chunk, s0 is not None
+        return fn(x, dt, A, B, C, chunk, D=D, initial_states=s0, dt_softplus=False, return_final_states=True)
+
+    @staticmethod
+    def backward(ctx, dy, dlast):
+        dt, A, B, C, D = ctx.saved_tensors
+        if dy is None and dlast is None:
+            return (None,) * 9
+        if dy is None:
+            dy = dt.new_zeros(*dt.shape, dlast.shape[2])
+        dt_rev = F.pad(dt.flip(1)[:, :-1], (0, 0, 1, 0), value=_TINY_DT).clamp_min(_TINY_DT)
+        du, ds = ctx.fn(dy.flip(1) / dt_rev[..., None], dt_rev, A, C.flip(1), B.flip(1), ctx.chunk,
+                        D=None, initial_states=dlast, dt_softplus=False, return_final_states=True)
+        dx = du.flip(1) * dt[..., None]
+        if D is not None:
+            dx = dx + dy * D[:, None]
+        ds0 = ds * (dt[:, 0] * A).exp()[..., None, None] if ctx.has_s0 else None
+        return None, dx, None, None, None, None, None, ds0, None

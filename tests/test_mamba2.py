@@ -76,6 +76,47 @@ def test_ssd_linear_backward_gradcheck(chunk):
     assert type(y.grad_fn).__name__ == "AddBackward0" and "LinearSSD" in type(y.grad_fn.next_functions[0][0]).__name__
 
 
+def kernel_standin(x, dt, A, B, C, chunk_size, D=None, initial_states=None, dt_softplus=False,
+                   return_final_states=False):
+    """mamba-ssm's `mamba_chunk_scan_combined` signature over the PyTorch scan, so that the kernel
+    path's own adjoint (`_KernelLinearSSD`) is tested on a CPU, where the Triton kernel cannot run."""
+    assert not dt_softplus and return_final_states
+    return ssd_scan(x, dt, A, B, C, D, chunk_size, initial_states, return_last_state=True)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("chunk", [3, 4])
+@pytest.mark.parametrize("with_D", [True, False])
+def test_kernel_path_linear_backward_gradcheck(chunk, with_D):
+    """The kernel path's backward under the ssm rule (one more forward call of the kernel over reversed
+    time, B and C swapped, the first decay switched off by a tiny dt) is the exact adjoint, with and
+    without the last state and the initial state in use."""
+    x, dt, A, B, C, D, s0 = scan_inputs(6, b=2, T=10, h=4, p=2, g=2, n=3)
+    D = D if with_D else None
+    x.requires_grad_(), s0.requires_grad_()
+
+    def fn(x, s):
+        return kernel_ssd_scan(x, dt, A, B, C, D, chunk, s, return_last_state=True, kernel=kernel_standin)
+
+    assert torch.autograd.gradcheck(fn, (x, s0))
+    assert torch.autograd.gradcheck(lambda x: fn(x, None)[0], (x,))  # no initial state, last state unused
+    assert torch.autograd.gradcheck(lambda x, s: fn(x, s)[1], (x, s0))  # only the last state used
+    assert "KernelLinearSSD" in type(fn(x, s0)[0].grad_fn).__name__
+
+
+def test_kernel_path_gives_true_gradients_with_the_rules_off():
+    """With dt (or A, B, C, D) requiring a gradient the kernel's own autograd runs: true gradients."""
+    x, dt, A, B, C, D, s0 = scan_inputs(7, T=12)
+    for t in (x, dt, B, D):
+        t.requires_grad_()
+    y = kernel_ssd_scan(x, dt, A, B, C, D, 4, s0, kernel=kernel_standin)
+    y_ref, _ = reference_ssd(x, dt, A, B, C, D, s0)
+    w = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad((y * w).sum(), (x, dt, B, D)),
+                    torch.autograd.grad((y_ref * w).sum(), (x, dt, B, D))):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.timeout(300)
 def test_ssd_full_backward_gradcheck():
     """With dt, A, B, C requiring gradients (rules off) every argument gets its true gradient."""
