@@ -41,7 +41,7 @@ def main():
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
     with profile(activities=activities) as prof, record_function("explain"):
         run()
-    key = "self_cuda_time_total" if gpu else "self_cpu_time_total"
+    key = "self_device_time_total" if gpu else "self_cpu_time_total"
     print(f"# {args.arch} {args.size} {args.dtype} B={args.batch} T={T} {args.methods[0]} "
           f"precision={args.precision}")
     print(prof.key_averages().table(sort_by=key, row_limit=args.rows, max_name_column_width=60))

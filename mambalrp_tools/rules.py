@@ -63,12 +63,23 @@ def silu(a: torch.Tensor, rule: bool) -> torch.Tensor:
 
 
 def gate(y: torch.Tensor, gate_act: torch.Tensor, rule: bool) -> torch.Tensor:
-    """y * gate_act; with the rule, g/2 + [g/2] so each factor receives half of the relevance."""
-    g = y * gate_act
-    if not rule:
-        return g
-    half = 0.5 * g
-    return half + half.detach()
+    """y * gate_act; with the rule, g/2 + [g/2], so each factor receives half of the relevance."""
+    return _HalfProduct.apply(y, gate_act) if rule else y * gate_act
+
+
+class _HalfProduct(torch.autograd.Function):
+    """y * g whose gradient is that of y*g/2 + [y*g/2]: one pass forward instead of three."""
+
+    @staticmethod
+    def forward(ctx, y, g):
+        ctx.save_for_backward(y, g)
+        return y * g
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, g = ctx.saved_tensors
+        half = 0.5 * grad
+        return (half * g if ctx.needs_input_grad[0] else None), (half * y if ctx.needs_input_grad[1] else None)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, rule: bool) -> torch.Tensor:

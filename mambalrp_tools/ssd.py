@@ -195,8 +195,7 @@ class _KernelLinearSSD(torch.autograd.Function):
         dt_rev = F.pad(dt.flip(1)[:, :-1], (0, 0, 1, 0), value=_TINY_DT).clamp_min(_TINY_DT)
         du, ds = ctx.fn(dy.flip(1) / dt_rev[..., None], dt_rev, A, C.flip(1), B.flip(1), ctx.chunk,
                         D=None, initial_states=dlast, dt_softplus=False, return_final_states=True)
-        dx = du.flip(1) * dt[..., None]
-        if D is not None:
-            dx = dx + dy * D[:, None]
+        flipped = du.flip(1)
+        dx = flipped * dt[..., None] if D is None else torch.addcmul(dy * D[:, None], flipped, dt[..., None])
         ds0 = ds * (dt[:, 0] * A).exp()[..., None, None] if ctx.has_s0 else None
         return None, dx, None, None, None, None, None, ds0, None

@@ -34,12 +34,15 @@ from .mamba import (
 #: floats per token, layer and inner channel that autograd keeps through one Mamba-2 layer: taken
 #: as Mamba-1's (the patched forward saves tensors of the same widths); not measured for Mamba-2
 ACTIVATION_FLOATS = 10
-#: the causal convolution always runs in PyTorch (it can then continue from a history on any device)
+#: the causal convolution of a piece that continues from a history runs in PyTorch (any device)
 _TORCH = Backend("torch")
 
 
-def ssm_parameters(mixer, hidden_states, attention_mask, rules: Rules, conv_history=None, precision="float32"):
+def ssm_parameters(mixer, hidden_states, attention_mask, rules: Rules, conv_history=None, precision="float32",
+                   backend: Backend = _TORCH):
     """Everything the SSD scan of one layer consumes, float32, with the silu and ssm rules applied.
+    The convolution runs on `backend` (causal-conv1d's kernel on "cuda", channel-last, so that x, B
+    and C come out of it without a copy), in PyTorch where it continues from a history.
 
     Returns x [b, T, h, p]; dt [b, T, h] (softplus'ed, clamped); A [h]; B, C [b, T, g, n]; D [h];
     z [b, T, d_inner] (the gate's pre-activation); xBC [b, conv_dim, T] (the convolution's input).
@@ -51,7 +54,8 @@ def ssm_parameters(mixer, hidden_states, attention_mask, rules: Rules, conv_hist
     xBC = xBC.transpose(1, 2)
     weight, bias = operand(mixer.conv1d.weight, precision), operand(mixer.conv1d.bias, precision)
     history = None if conv_history is None else conv_history.to(weight.dtype)
-    conv = upcast(_TORCH.conv1d(xBC.to(weight.dtype), weight, bias, history))
+    conv_backend = _TORCH if history is not None else backend
+    conv = upcast(conv_backend.conv1d(xBC.to(weight.dtype), weight, bias, history))
     u = _mask(silu(conv, rules.silu).transpose(1, 2), attention_mask)
     gn = mixer.n_groups * mixer.ssm_state_size
     x, B, C = u.split([mixer.intermediate_size, gn, gn], dim=-1)
@@ -89,7 +93,7 @@ def mixer_core(mixer, hidden_states, attention_mask, rules: Rules, backend: Back
                state: MixerState | None = None, precision="float32"):
     """One Mamba-2 mixer: [b, T, hidden] -> ([b, T, hidden] float32, MixerState to continue from)."""
     x, dt, A, B, C, D, z, xBC = ssm_parameters(mixer, hidden_states, attention_mask, rules,
-                                               None if state is None else state.conv, precision)
+                                               None if state is None else state.conv, precision, backend)
     y, last = scan(mixer, x, dt, A, B, C, D, backend, None if state is None else state.ssm)
     g = gated_norm(mixer.norm, y.flatten(2), z, rules)
     out = linear(g, mixer.out_proj.weight, mixer.out_proj.bias, precision)
