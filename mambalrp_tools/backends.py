@@ -54,6 +54,8 @@ class Backend:
         """Depthwise causal convolution without activation. x [b, d, T], weight [d, 1, k];
         history: the k - 1 inputs before x [b, d, k - 1] (zeros if None)."""
         if self.name == "cuda" and history is None:
+            if x.stride(1) == 1 and (x.stride(0) % 8 or x.stride(2) % 8):
+                x = x.contiguous()  # causal-conv1d's channel-last kernel needs strides in multiples of 8
             return cuda_kernels()[1](x, weight.squeeze(1), bias, activation=None)
         if history is None:
             return F.conv1d(x, weight, bias, padding=weight.shape[-1] - 1, groups=x.shape[1])[..., : x.shape[-1]]

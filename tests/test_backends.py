@@ -335,3 +335,29 @@ def test_host_slabs_pack_kept_tensors_into_shared_blocks():
     assert slabs.copy(big).untyped_storage().data_ptr() == big.untyped_storage().data_ptr()
     more = slabs.copy(torch.randn(600))  # 2.4 KB no longer fits next to the others: a new slab
     assert more.untyped_storage().data_ptr() not in storages
+
+
+@pytest.mark.parametrize("width", [40, 37])
+def test_cuda_conv_gets_a_layout_its_kernel_accepts(monkeypatch, width):
+    """causal-conv1d's channel-last kernel refuses strides that are not multiples of 8 (a small model's
+    in_proj width): such an input goes to it channel-first (contiguous). A stand-in with the kernel's
+    layout check runs the convolution on a CPU; the values are the PyTorch backend's."""
+    from mambalrp_tools import backends
+    from mambalrp_tools.backends import Backend
+
+    def kernel(x, weight, bias, activation=None):
+        if x.stride(1) == 1:
+            assert x.stride(0) % 8 == 0 and x.stride(2) % 8 == 0, "channel-last strides must be multiples of 8"
+        else:
+            assert x.stride(2) == 1
+        seen.append(x.stride(1) == 1)
+        return Backend("torch").conv1d(x, weight[:, None], bias)
+
+    seen = []
+    monkeypatch.setattr(backends, "cuda_kernels", lambda: (None, kernel))
+    projected = torch.randn(2, 50, width)  # [b, T, in_proj width], as a projection leaves it
+    xs = projected[..., :24].transpose(1, 2)  # [b, 24, T], channel-last
+    weight, bias = torch.randn(24, 1, 4), torch.randn(24)
+    out = Backend("cuda").conv1d(xs, weight, bias)
+    torch.testing.assert_close(out, Backend("torch").conv1d(xs, weight, bias), rtol=0, atol=0)
+    assert seen == [width % 8 == 0]  # channel-last kept when the kernel takes it
