@@ -24,8 +24,9 @@ from .viz.paths import project_root, resolve_figures_dir
 
 NOTEBOOKS = ("00_quickstart", "01_conservation", "02_faithfulness", "03_gender_bias", "04_long_range",
              "05_needle_in_haystack", "06_copying")
-#: seconds: (per cell, kernel start, per notebook), quick and full
-TIMEOUTS = {True: (300, 60, 900), False: (3600, 60, 4 * 3600)}
+#: seconds: (per cell, kernel start, per notebook), quick and full. A full run's analysis cell takes
+#: about an hour on a 2-core CPU (04's 56 min; 05's Mamba-1 grid ran past an hour while shared)
+TIMEOUTS = {True: (300, 60, 900), False: (3 * 3600, 60, 4 * 3600)}
 
 
 @dataclass
@@ -177,6 +178,6 @@ def add_parser(sub):
         p.add_argument("--only", nargs="+", metavar="NAME", help="notebooks whose file name contains one of these")
         p.add_argument("--n", type=int, help="N (examples per analysis) for every notebook")
         p.add_argument("--dir", help="the notebooks folder (default: the project's notebooks/)")
-        p.add_argument("--cell-timeout", type=int, help="seconds per cell (default 300 quick, 3600 full)")
+        p.add_argument("--cell-timeout", type=int, help="seconds per cell (default 300 quick, 3 h full)")
         p.add_argument("--notebook-timeout", type=float, help="seconds per notebook (default 900 quick, 4 h full)")
         p.set_defaults(run=_run)
