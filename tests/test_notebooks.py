@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
 from mambalrp_tools.reproduce import NOTEBOOKS, run_notebook, summary_table
 
@@ -64,6 +65,7 @@ def hub_dirs(tmp_path_factory):
     from mambalrp_tools.zoo.tokenizers import toy_tokenizer
 
     base = tmp_path_factory.mktemp("hub")
+    torch.manual_seed(0)  # the same random models every run
     out = {}
     for kind, task in (("lm", "needle"), ("classifier", "bios")):
         tok = toy_tokenizer(task)
