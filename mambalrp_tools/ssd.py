@@ -166,7 +166,8 @@ def kernel_ssd_scan(x, dt, A, B, C, D=None, chunk_size: int = DEFAULT_CHUNK, ini
 
 #: the adjoint's first step must neither decay its state (a'_0 = 0) nor lose its input, yet the kernel
 #: scales each step's input by the same dt' that sets its decay: a dt' this small decays by exactly 1.0
-#: in float32 (for |A| < 5e4) and is divided out of the input beforehand
+#: in float32 (for |A| < 3e4) and is divided out of the input beforehand; a smaller dt is raised to it
+#: (its decay is 1.0 either way)
 _TINY_DT = 1e-12
 
 
