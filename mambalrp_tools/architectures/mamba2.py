@@ -34,7 +34,7 @@ from .mamba import (
 #: floats per token, layer and inner channel that autograd keeps through one Mamba-2 layer: taken
 #: as Mamba-1's (the patched forward saves tensors of the same widths); not measured for Mamba-2
 ACTIVATION_FLOATS = 10
-#: the causal convolution of a piece that continues from a history runs in PyTorch (any device)
+#: the backend of callers that name none (hidden attention)
 _TORCH = Backend("torch")
 
 
@@ -42,7 +42,7 @@ def ssm_parameters(mixer, hidden_states, attention_mask, rules: Rules, conv_hist
                    backend: Backend = _TORCH):
     """Everything the SSD scan of one layer consumes, float32, with the silu and ssm rules applied.
     The convolution runs on `backend` (causal-conv1d's kernel on "cuda", channel-last, so that x, B
-    and C come out of it without a copy), in PyTorch where it continues from a history.
+    and C come out of it without a copy; `Backend.conv1d` continues from a history in PyTorch).
 
     Returns x [b, T, h, p]; dt [b, T, h] (softplus'ed, clamped); A [h]; B, C [b, T, g, n]; D [h];
     z [b, T, d_inner] (the gate's pre-activation); xBC [b, conv_dim, T] (the convolution's input).
@@ -54,8 +54,7 @@ def ssm_parameters(mixer, hidden_states, attention_mask, rules: Rules, conv_hist
     xBC = xBC.transpose(1, 2)
     weight, bias = operand(mixer.conv1d.weight, precision), operand(mixer.conv1d.bias, precision)
     history = None if conv_history is None else conv_history.to(weight.dtype)
-    conv_backend = _TORCH if history is not None else backend
-    conv = upcast(conv_backend.conv1d(xBC.to(weight.dtype), weight, bias, history))
+    conv = upcast(backend.conv1d(xBC.to(weight.dtype), weight, bias, history))
     u = _mask(silu(conv, rules.silu).transpose(1, 2), attention_mask)
     gn = mixer.n_groups * mixer.ssm_state_size
     x, B, C = u.split([mixer.intermediate_size, gn, gn], dim=-1)
