@@ -367,6 +367,7 @@ def test_cuda_kernel_scan_equals_pytorch_scan():
 
 
 @pytest.mark.gpu
+@pytest.mark.timeout(300)  # the first call compiles and autotunes the Triton SSD kernels (forward and backward)
 @pytest.mark.parametrize("backend", [
     pytest.param("torch", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")),
     pytest.param("cuda", marks=pytest.mark.skipif(not HAS_KERNEL or cuda_kernels() is None,
