@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .scan import DEFAULT_CHUNK, adjoint_by_forward_scan, selective_scan
+from .scan import DEFAULT_CHUNK, adjoint_by_forward_scan, scan_from_state, selective_scan
 
 BACKENDS = ("auto", "torch", "cuda")
 #: tokens per piece of a recomputed layer (`Backend.recompute_tile`; benchmarks/results/constants.md)
@@ -38,9 +38,9 @@ class Backend:
 
     def carries_state(self, ssm_rule: bool) -> bool:
         """Whether `conv1d` and `scan` can continue from a state, so a sequence can run in pieces.
-        mamba-ssm's selective_scan_fn cannot start from a given state; under the ssm rule the scan is
-        linear in u and the state, so the CUDA backend adds the state's share itself
-        (`_LinearKernelScan`); for true gradients it cannot."""
+        mamba-ssm's selective_scan_fn cannot start from a given state; under the ssm rule the CUDA
+        backend loads it in extra leading steps (`_LinearKernelScan`), whose gradient is exact only
+        for the linear path in u and the state; for true gradients it cannot."""
         return self.name != "cuda" or ssm_rule
 
     @property
@@ -64,7 +64,8 @@ class Backend:
     def scan(self, u, delta, A, B, C, D, memo=None, initial_state=None):
         """(y [b, d, T], last state [b, d, n] or None). `memo` (a `recompute.Memo`) lets a recomputed
         layer reuse the PyTorch scan's output; the CUDA kernel is fast enough to simply run again.
-        initial_state [b, d, n] (zeros if None) and the last state: PyTorch backend only."""
+        initial_state [b, d, n] (zeros if None) and the last state: on the CUDA backend only under the
+        ssm rule (the last state is None otherwise)."""
         if self.name != "cuda":
             return selective_scan(u, delta, A, B, C, D, chunk_size=self.chunk_size, memo=memo,
                                   initial_state=initial_state, return_last_state=True)
@@ -82,77 +83,42 @@ def _kernel_scan(u, delta, A, B, C, D=None, return_last_state=False):
 
 
 class _LinearKernelScan(torch.autograd.Function):
-    """The kernel scan when only u (and a start state) need gradients (the ssm rule).
+    """The kernel scan when only u and a start state s0 [b, d, n] need gradients (the ssm rule).
 
-    The backward is the adjoint recurrence run by the forward kernel (`scan.adjoint_by_forward_scan`);
-    the kernel's own backward also computes the unused gradients of delta, A, B, C and D
-    (benchmarks/results/constants.md). mamba-ssm's kernel always starts from zero; the scan is linear
-    in (u, s0), so a start state s0 [b, d, n] adds its share: y_t += sum_n C_t[n] exp(A cum_t) s0 and
-    last += exp(A cum_T) s0, with cum_t = delta_1 + ... + delta_t. The backward adds the matching terms:
-    ds0 from dy and d(last), and d(last)'s share of du_t = delta_t sum_n B_t[n] exp(A (cum_T - cum_t)) d(last).
-    Returns (y, last state), so a sequence can run in pieces. `scan(u, delta, A, B, C, D,
+    mamba-ssm's kernel always starts from zero; `scan.scan_from_state` loads s0 in n extra leading
+    steps. The backward is the adjoint recurrence run by the same forward kernel, from d(last)
+    (`scan.adjoint_by_forward_scan`); the kernel's own backward would also compute the unused
+    gradients of delta, A, B, C and D (benchmarks/results/constants.md). Returns (y, last state), so a
+    sequence can run in pieces. Where a value would overflow the loading steps or a delta is too
+    small to divide by, the PyTorch scan runs instead (exact, slower). `scan(u, delta, A, B, C, D,
     return_last_state)` is the forward kernel (a parameter so the algebra is tested on CPU).
     """
 
     @staticmethod
     def forward(ctx, u, s0, delta, A, B, C, D, scan):
-        y, last = scan(u, delta, A, B, C, D, return_last_state=True)
+        out = scan_from_state(scan, u, delta, A, B, C, D, s0)
+        ctx.fallback = out is None
+        if out is None:
+            out = selective_scan(u, delta, A, B, C, D, initial_state=s0, return_last_state=True)
         ctx.set_materialize_grads(False)  # an unused last state must cost nothing in backward (dlast None)
-        ctx.save_for_backward(s0, delta, A, B, C, D)
+        ctx.save_for_backward(delta, A, B, C, D)
         ctx.scan, ctx.has_state = scan, s0 is not None
-        if s0 is not None:
-            share, decay_end = _state_shares(delta, A, C, s0, "y")
-            y, last = y + share, last + decay_end * s0
-        return y, last
+        return out
 
     @staticmethod
     def backward(ctx, dy, dlast):
-        s0, delta, A, B, C, D = ctx.saved_tensors
+        delta, A, B, C, D = ctx.saved_tensors
         dy = torch.zeros_like(delta) if dy is None else dy.contiguous()
-        du = adjoint_by_forward_scan(lambda *a: ctx.scan(*a), dy, delta, A, B, C, D)
-        if du is None:  # a delta too small to divide by: the kernel's own backward
+        grads = None if ctx.fallback else adjoint_by_forward_scan(ctx.scan, dy, delta, A, B, C, D, dlast)
+        if grads is None:  # the PyTorch scan's gradient; the scan is linear, so at u = 0, s0 = 0
             with torch.enable_grad():
                 u = torch.zeros_like(dy).requires_grad_()
-                (du,) = torch.autograd.grad(ctx.scan(u, delta, A, B, C, D), u, dy)
-        ds0 = None
-        if ctx.has_state:
-            ds0, decay_end = _state_shares(delta, A, C, dy, "s0")
-        if dlast is not None:
-            du = du + delta * _state_shares(delta, A, B, dlast, "u_from_last")[0]
-            if ctx.has_state:
-                ds0 = ds0 + decay_end * dlast
-        return du, ds0, None, None, None, None, None, None
-
-
-#: time steps per block when `_state_shares` forms [b, d, n, steps] decay tensors
-_SHARE_BLOCK = 2048
-
-
-def _state_shares(delta, A, BC, x, kind):
-    """The terms a start state adds to a linear scan, in blocks of time (decays in float64 sums).
-
-    kind "y":  x = s0 [b, d, n]  -> sum_n BC_t[n] exp(A cum_t) s0          [b, d, T]
-    kind "s0": x = dy [b, d, T]  -> sum_t BC_t[n] exp(A cum_t) dy_t       [b, d, n]
-    kind "u_from_last": x = d(last) [b, d, n] -> sum_n BC_t[n] exp(A (cum_T - cum_t)) d(last)  [b, d, T]
-    Also returns exp(A cum_T) [b, d, n].
-    """
-    cum = delta.double().cumsum(-1)  # [b, d, T]
-    total = cum[..., -1:]
-    A64 = A.double()[None, :, :, None]
-    out = []
-    acc = None
-    for t0 in range(0, delta.shape[-1], _SHARE_BLOCK):
-        t1 = min(t0 + _SHARE_BLOCK, delta.shape[-1])
-        c = cum[..., t0:t1] if kind != "u_from_last" else total - cum[..., t0:t1]
-        decay = torch.exp(A64 * c[:, :, None, :]).to(delta.dtype)  # [b, d, n, L]
-        bc = BC[:, None, :, t0:t1]  # [b, 1, n, L]
-        if kind == "s0":
-            part = (bc * decay * x[:, :, None, t0:t1]).sum(-1)
-            acc = part if acc is None else acc + part
-        else:
-            out.append((bc * decay * x[..., None]).sum(2))
-    decay_end = torch.exp(A.double()[None] * total).to(delta.dtype)  # [b, d, n]
-    return (acc if kind == "s0" else torch.cat(out, dim=-1)), decay_end
+                s0 = dy.new_zeros(*dy.shape[:2], A.shape[1]).requires_grad_()
+                y, last = selective_scan(u, delta, A, B, C, D, initial_state=s0, return_last_state=True)
+                outputs, seeds = ((y, last), (dy, dlast)) if dlast is not None else ((y,), (dy,))
+                grads = torch.autograd.grad(outputs, (u, s0), seeds)
+        du, ds0 = grads
+        return du, (ds0 if ctx.has_state else None), None, None, None, None, None, None
 
 
 def resolve(backend: str, device: torch.device, chunk_size: int = DEFAULT_CHUNK) -> Backend:

@@ -15,7 +15,8 @@ backwards in time. When delta, B and C are detached (MambaLRP's ssm rule) only t
 runs; otherwise the gradients of delta, A, B and C are reduced from the same chunk buffers.
 Inside a chunk the recurrence is one fused `addcmul` per step over a time-major buffer, which is
 work-optimal and cache-friendly on CPU; memory is O(T * (d + n) + chunk * d * n).
-`adjoint_by_forward_scan` runs the same reverse scan with a forward-only kernel (the CUDA backend).
+`adjoint_by_forward_scan` runs the same reverse scan with a forward-only kernel (the CUDA backend), and
+`scan_from_state` lets such a kernel, which always starts from zero, continue from a state.
 """
 
 from __future__ import annotations
@@ -171,18 +172,64 @@ class _ChunkedScan(torch.autograd.Function):
 _SMALLEST_DELTA = 1e-30
 
 
-def adjoint_by_forward_scan(forward_scan, dy, delta, A, B, C, D):
-    """du of y = scan(u; delta, A, B, C, D) for constant delta, A, B, C (the ssm rule), computed by a
-    forward scan, so a forward-only kernel can run MambaLRP's backward.
+def _loading_delta(A, dtype):
+    """A step width so small that exp(delta * A) rounds to exactly 1 in `dtype` for every entry of A:
+    a step of that width adds delta * B_t * u_t to the state and decays nothing."""
+    return torch.finfo(dtype).eps / 16 / max(float(A.abs().max()), 1e-30)
 
-    The adjoint lambda_t = exp(delta_{t+1} A) lambda_{t+1} + C_t dy_t runs backwards in time; read in
-    reversed time it is a selective scan with delta'_t = delta_{t+1}, B' = C, C' = B and input
-    dy_t / delta_{t+1} (the scan multiplies its input by delta'), and du_t = delta_t B_t.lambda_t + D dy_t.
-    `forward_scan(u, delta, A, B, C)` -> y. Returns None if some delta is too small to divide by.
+
+def _join(first, rest):
+    """first and rest concatenated along time (the last dim), contiguous (what the kernels read)."""
+    k = first.shape[-1]
+    out = rest.new_empty(*rest.shape[:-1], k + rest.shape[-1])
+    out[..., :k] = first
+    out[..., k:] = rest
+    return out
+
+
+def scan_from_state(forward_scan, u, delta, A, B, C, D, s0):
+    """(y, last state) of the scan started from s0 [b, d, n] (zeros if None), by a kernel that always
+    starts from zero: `forward_scan(u, delta, A, B, C, D, return_last_state=True)` -> (y, last).
+
+    n leading steps load s0 one state column at a time (step k: B = e_k, C = 0, u = s0[..., k] / w) with
+    a width w for which exp(w A) is exactly 1 (`_loading_delta`), so after them the state is s0 and the
+    sequence proceeds from it; their outputs are dropped. One kernel call over T + n steps instead of
+    O(b d n T) decay sums beside it. Returns None when s0 / w would overflow.
     """
-    ones = torch.ones_like(delta[..., :1])
-    delta_next = torch.cat([delta[..., 1:], ones], dim=-1)  # the last step has no successor
-    if bool((delta_next < _SMALLEST_DELTA).any()):
+    if s0 is None:
+        return forward_scan(u, delta, A, B, C, D, return_last_state=True)
+    n = A.shape[1]
+    w = _loading_delta(A, u.dtype)
+    load = s0 / w  # [b, d, n]: the input of loading step k is column k
+    if not bool(torch.isfinite(load).all()):
         return None
-    y_rev = forward_scan((dy / delta_next).flip(-1), delta_next.flip(-1), A, C.flip(-1), B.flip(-1))
-    return torch.addcmul(dy * D[:, None], delta, y_rev.flip(-1))
+    eye = torch.eye(n, dtype=B.dtype, device=B.device).expand(B.shape[0], n, n)
+    y, last = forward_scan(_join(load, u), _join(torch.full_like(load, w), delta), A, _join(eye, B),
+                           _join(torch.zeros_like(eye), C), D, return_last_state=True)
+    return y[..., n:], last
+
+
+def adjoint_by_forward_scan(forward_scan, dy, delta, A, B, C, D, dlast=None):
+    """(du, ds0) of y, last = scan(u, delta, A, B, C, D, from s0) for constant delta, A, B, C (the ssm
+    rule), given dy and d(last) (None: the last state is unused), computed by a forward scan, so a
+    forward-only kernel can run MambaLRP's backward.
+
+    The adjoint lambda_t = exp(delta_{t+1} A) lambda_{t+1} + C_t dy_t (lambda_{T-1} also receives
+    d(last)) runs backwards in time; read in reversed time it is a selective scan with
+    delta'_t = delta_{t+1}, B' = C, C' = B, input dy_t / delta_{t+1} (the scan multiplies its input by
+    delta') and start state d(last) (`scan_from_state`). The last step has no successor: it gets a
+    width whose decay is 1, which leaves d(last) intact. Then du_t = delta_t B_t.lambda_t + D dy_t and
+    ds0 = exp(delta_0 A) lambda_0, lambda_0 being the reversed scan's last state.
+    `forward_scan` as for `scan_from_state`. Returns None if some delta is too small to divide by.
+    """
+    delta_rev = torch.empty_like(delta)
+    delta_rev[..., :1] = _loading_delta(A, delta.dtype)
+    delta_rev[..., 1:] = delta[..., 1:].flip(-1)
+    if bool((delta_rev < _SMALLEST_DELTA).any()):
+        return None
+    out = scan_from_state(forward_scan, dy.flip(-1) / delta_rev, delta_rev, A, C.flip(-1), B.flip(-1), None, dlast)
+    if out is None:
+        return None
+    y_rev, lambda_0 = out
+    du = torch.addcmul(dy * D[:, None], delta, y_rev.flip(-1))
+    return du, torch.exp(delta[..., :1] * A) * lambda_0

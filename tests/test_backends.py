@@ -238,14 +238,16 @@ def _torch_kernel(u, delta, A, B, C, D=None, return_last_state=False):
 
 
 @pytest.mark.parametrize("T", [1, 7, 40])
-def test_stateful_kernel_scan_equals_a_scan_from_that_state(T, monkeypatch):
+@pytest.mark.parametrize("route", ["kernel", "overflow", "tiny delta"])
+def test_stateful_kernel_scan_equals_a_scan_from_that_state(T, route):
     """The CUDA backend's start-from-a-state algebra (`_LinearKernelScan`), run here on a zero-state
     PyTorch 'kernel' in float64: values, last state, du and ds0 (from dy and from d(last)) equal a scan
-    that starts from the state. Blocks of 3 steps exercise the blocked decay sums."""
+    that starts from the state. route: through the kernel (the state loaded in leading steps), or the
+    PyTorch fallback where a start state too large to load or a delta too small to divide by would
+    overflow."""
     from mambalrp_tools import backends
     from mambalrp_tools.scan import selective_scan
 
-    monkeypatch.setattr(backends, "_SHARE_BLOCK", 3)
     g = torch.Generator().manual_seed(T)
     b, d, n = 2, 3, 4
     f64 = dict(dtype=torch.float64)
@@ -256,6 +258,15 @@ def test_stateful_kernel_scan_equals_a_scan_from_that_state(T, monkeypatch):
     D = torch.randn(d, generator=g, **f64)
     s0 = torch.randn(b, d, n, generator=g, **f64)
     dy, dlast = torch.randn(b, d, T, generator=g, **f64), torch.randn(b, d, n, generator=g, **f64)
+    if route == "overflow":
+        s0[0, 0, 0] = 1e300
+    if route == "tiny delta":
+        delta[0, 0, -1] = 1e-40
+    lengths = []  # the steps each kernel call scans
+
+    def kernel(u, *args, **kwargs):
+        lengths.append(u.shape[-1])
+        return _torch_kernel(u, *args, **kwargs)
 
     def grads(fn):
         uu, ss = u.clone().requires_grad_(), s0.clone().requires_grad_()
@@ -263,34 +274,36 @@ def test_stateful_kernel_scan_equals_a_scan_from_that_state(T, monkeypatch):
         du, ds = torch.autograd.grad((y * dy).sum() + (last * dlast).sum(), (uu, ss), allow_unused=True)
         return y.detach(), last.detach(), du, ds
 
-    ours = grads(lambda uu, ss: backends._LinearKernelScan.apply(uu, ss, delta, A, B, C, D, _torch_kernel))
+    ours = grads(lambda uu, ss: backends._LinearKernelScan.apply(uu, ss, delta, A, B, C, D, kernel))
     ref = grads(lambda uu, ss: selective_scan(uu, delta, A, B, C, D, initial_state=ss, return_last_state=True))
     for a, r, what in zip(ours, ref, ("y", "last state", "du", "ds0")):
-        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10, msg=what)
+        scale = r.abs().max()  # the overflow route's values are ~1e300
+        torch.testing.assert_close(a / scale, r / scale, rtol=1e-10, atol=1e-10, msg=what)
+    # (with T = 1 the tiny delta has no predecessor whose adjoint input it would divide)
+    expected = {"kernel": [T + n] * 2, "overflow": [], "tiny delta": [T + n] * (1 if T > 1 else 2)}[route]
+    assert lengths == expected  # forward and backward each one call, with n loading steps
 
     # a sequence in two pieces, the first from no state (as a recomputed layer's first piece): the
     # first piece must hand its last state on, and take the gradient of it back
-    if T > 1:
+    if T > 1 and route == "kernel":
         cut = T // 2
 
         def pieces(uu, ss):
             y1, s1 = backends._LinearKernelScan.apply(uu[..., :cut], None, *(t[..., :cut] for t in (delta,)), A,
-                                                     B[..., :cut], C[..., :cut], D, _torch_kernel)
+                                                     B[..., :cut], C[..., :cut], D, kernel)
             y2, s2 = backends._LinearKernelScan.apply(uu[..., cut:], s1, delta[..., cut:], A, B[..., cut:],
-                                                     C[..., cut:], D, _torch_kernel)
+                                                     C[..., cut:], D, kernel)
             return torch.cat([y1, y2], -1), s2
 
         whole = grads(lambda uu, ss: selective_scan(uu, delta, A, B, C, D, return_last_state=True))
 
-        # a whole sequence whose last state nobody uses (every explanation without pieces) computes no
-        # state shares in backward: they cost as much as the scan on long inputs
-        calls = []
-        real = backends._state_shares
-        monkeypatch.setattr(backends, "_state_shares", lambda *a: calls.append(a[-1]) or real(*a))
+        # a whole sequence whose last state nobody uses (every explanation without pieces) scans no
+        # loading steps, forward or backward
+        lengths.clear()
         uu = u.clone().requires_grad_()
-        y, _ = backends._LinearKernelScan.apply(uu, None, delta, A, B, C, D, _torch_kernel)
+        y, _ = backends._LinearKernelScan.apply(uu, None, delta, A, B, C, D, kernel)
         (du_alone,) = torch.autograd.grad((y * dy).sum(), uu)
-        assert calls == []
+        assert lengths == [T, T]
         u_ref = u.clone().requires_grad_()
         (du_ref,) = torch.autograd.grad((selective_scan(u_ref, delta, A, B, C, D) * dy).sum(), u_ref)
         torch.testing.assert_close(du_alone, du_ref, rtol=1e-10, atol=1e-10)
