@@ -352,6 +352,7 @@ HAS_KERNEL = torch.cuda.is_available() and cuda_chunk_scan() is not None
 
 
 @pytest.mark.gpu
+@pytest.mark.timeout(300)  # compiles and autotunes the Triton SSD kernels
 @pytest.mark.skipif(not HAS_KERNEL, reason="needs a CUDA GPU with mamba-ssm (mamba_chunk_scan_combined)")
 def test_cuda_kernel_scan_equals_pytorch_scan():
     x, dt, A, B, C, D, s0 = (t.float().cuda() for t in scan_inputs(0, b=2, T=300, h=8, p=16, g=2, n=16))
