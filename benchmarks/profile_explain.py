@@ -2,9 +2,11 @@
 
     python benchmarks/profile_explain.py --device cuda --dtype bfloat16 --lengths 32768 --precision model
     python benchmarks/profile_explain.py --device cuda --methods ig --lengths 1024
+    python benchmarks/profile_explain.py --device cuda --batch 16 --lengths 512 --checkpoint device --memory
 
 Same models and arguments as bench_explain.py (one length, one method). Prints the operators sorted
-by their own device time (CPU time on a CPU) and their total.
+by their own device time (CPU time on a CPU) and their total. With --memory (CUDA only) it prints
+instead which allocations are alive at the explanation's peak, grouped by the package line that made them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import bench_explain
 def main():
     p = bench_explain.parser()
     p.add_argument("--rows", type=int, default=25)
+    p.add_argument("--memory", action="store_true", help="what is alive at the peak (CUDA allocator history)")
     args = p.parse_args()
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
@@ -38,6 +41,10 @@ def main():
             torch.cuda.synchronize()
 
     run()  # warm up kernels and the allocator
+    if args.memory:
+        if not gpu:
+            return "--memory needs --device cuda (it reads the CUDA caching allocator's history)"
+        return memory_at_peak(run, args.rows)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
     with profile(activities=activities) as prof, record_function("explain"):
         run()
@@ -47,6 +54,37 @@ def main():
     print(prof.key_averages().table(sort_by=key, row_limit=args.rows, max_name_column_width=60))
     total = sum(getattr(e, key) for e in prof.key_averages())
     print(f"# total self {'device' if gpu else 'CPU'} time {total / 1e3:.1f} ms")
+
+
+def memory_at_peak(run, rows):
+    """Replay the allocator's history of one run and group what is alive at its peak by source line."""
+    import torch
+
+    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.memory._record_memory_history(max_entries=1_000_000)
+    run()
+    trace = torch.cuda.memory._snapshot()["device_traces"][0]
+    torch.cuda.memory._record_memory_history(enabled=None)
+    live, current, peak, at_peak = {}, 0, 0, {}
+    for action in trace:
+        if action["action"] == "alloc":
+            live[action["addr"]] = action
+            current += action["size"]
+            if current > peak:
+                peak, at_peak = current, dict(live)
+        elif action["action"].startswith("free") and action["addr"] in live:
+            current -= live.pop(action["addr"])["size"]
+    print(f"# peak allocated {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB; "
+          f"{peak / 2**30:.2f} GiB of it allocated during the run")
+    ours = ("mambalrp_tools", "transformers", "mamba_ssm", "causal_conv1d")
+    groups = {}
+    for a in at_peak.values():
+        frames = [f for f in a.get("frames", []) if any(k in f["filename"] for k in ours)][:3]
+        where = " < ".join(f"{f['filename'].split('/')[-1]}:{f['line']} {f['name']}" for f in frames)
+        size, count = groups.get(where, (0, 0))
+        groups[where] = (size + a["size"], count + 1)
+    for where, (size, count) in sorted(groups.items(), key=lambda kv: -kv[1][0])[:rows]:
+        print(f"{size / 2**20:9.1f} MiB {count:4d}x  {where or '(no package frame)'}")
 
 
 if __name__ == "__main__":

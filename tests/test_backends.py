@@ -217,6 +217,26 @@ def test_recompute_carries_state_between_pieces():
         torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-12, msg=f"tile {tile}")
 
 
+@pytest.mark.parametrize("a_scale", [1.0, 1e3])
+def test_loading_a_state_is_exact_in_float32(a_scale):
+    """The loading steps of `scan_from_state` in float32, the kernels' dtype: their decay rounds to
+    exactly 1 also for large |A|, and the state they load matches a scan from that state to float32
+    rounding (mamba-ssm's kernel itself runs on the GPU only; this is its contract on the PyTorch scan)."""
+    from mambalrp_tools.scan import _loading_delta, scan_from_state, selective_scan
+
+    g = torch.Generator().manual_seed(3)
+    b, d, n, T = 2, 8, 16, 50
+    u = torch.randn(b, d, T, generator=g)
+    delta = torch.rand(b, d, T, generator=g) * 0.1 + 0.001
+    A = -torch.rand(d, n, generator=g) * a_scale - 0.5
+    B, C = torch.randn(b, n, T, generator=g), torch.randn(b, n, T, generator=g)
+    D, s0 = torch.randn(d, generator=g), torch.randn(b, d, n, generator=g) * 10
+    assert bool((torch.exp(_loading_delta(A, torch.float32) * A) == 1).all())
+    y, last = scan_from_state(_torch_kernel, u, delta, A, B, C, D, s0)
+    y_ref, last_ref = selective_scan(u, delta, A, B, C, D, initial_state=s0, return_last_state=True)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5 * float(y_ref.abs().max()))
+    torch.testing.assert_close(last, last_ref, rtol=1e-5, atol=1e-5 * float(last_ref.abs().max()))
+
 def test_kernel_backend_carries_a_state_only_under_the_ssm_rule():
     """mamba-ssm's kernels cannot start from a state: with true gradients (rules off) asking for one is
     an error, not a silent restart; under the ssm rule the CUDA backend carries the state itself."""
