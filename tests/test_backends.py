@@ -16,11 +16,11 @@ from conftest import assert_untouched, snapshot, tiny_model
 HAS_CUDA = torch.cuda.is_available()
 BACKENDS = [
     pytest.param("cpu", "torch", id="torch-cpu"),
-    pytest.param("cuda", "torch", id="torch-cuda",
-                 marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")),
+    pytest.param("cuda", "torch", id="torch-cuda",  # the gpu marker: `-m gpu` selects every GPU case
+                 marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]),
     pytest.param("cuda", "cuda", id="mamba-ssm-kernels",
-                 marks=pytest.mark.skipif(not HAS_CUDA or cuda_kernels() is None,
-                                          reason="needs a CUDA GPU with mamba-ssm and causal-conv1d installed")),
+                 marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA or cuda_kernels() is None,
+                                                            reason="needs a CUDA GPU with mamba-ssm and causal-conv1d installed")]),
 ]
 
 
@@ -95,6 +95,7 @@ def test_lrp_mode_public_recipe_is_mambalrp(arch):
     torch.testing.assert_close(relevance, expl.relevance, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="host offload only happens from a CUDA device")
 def test_recompute_offloads_to_pinned_host_memory():
     from mambalrp_tools.recompute import _keep, recompute

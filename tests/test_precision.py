@@ -99,6 +99,7 @@ def test_tf32_is_set_for_the_explanation_and_restored(arch):
     assert torch.equal(a.relevance, b.relevance) and torch.equal(a.logit, b.logit)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="TF32 matmuls exist on CUDA GPUs only")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_tf32_on_the_gpu(arch, dtype):
