@@ -43,8 +43,9 @@ def explain(
         would not fit (see `architectures.lrp_mode`).
     precision: "float32" (default: every matmul upcast, relevance conserves f exactly), "tf32" (the
         same, with CUDA's TF32 tensor cores for the float32 matmuls; no effect on a CPU) or "model"
-        (matmuls in the model's bf16/fp16, the residual stream, scan and readout in float32; faster on
-        half-precision models, conservation within about 1e-2; see README "Precision").
+        (matmuls in the model's bf16/fp16, Mamba-1's activations in bf16 for bf16 models; the residual
+        stream, the scan's state and the readout in float32; faster on half-precision models,
+        conservation within about 3e-2 of sum |R|; see README "Precision").
     The model is run in eval mode and left exactly as it was.
     """
     architecture_of(model)  # TypeError for unsupported models, before any work

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .numerics import upcast
 from .scan import DEFAULT_CHUNK, adjoint_by_forward_scan, scan_from_state, selective_scan
 
 BACKENDS = ("auto", "torch", "cuda")
@@ -65,10 +66,12 @@ class Backend:
         """(y [b, d, T], last state [b, d, n] or None). `memo` (a `recompute.Memo`) lets a recomputed
         layer reuse the PyTorch scan's output; the CUDA kernel is fast enough to simply run again.
         initial_state [b, d, n] (zeros if None) and the last state: on the CUDA backend only under the
-        ssm rule (the last state is None otherwise)."""
-        if self.name != "cuda":
-            return selective_scan(u, delta, A, B, C, D, chunk_size=self.chunk_size, memo=memo,
-                                  initial_state=initial_state, return_last_state=True)
+        ssm rule (the last state is None otherwise). u, delta, B, C in one dtype (bfloat16 or at least
+        float32), the arithmetic and the state in at least float32."""
+        if self.name != "cuda":  # in at least float32, as mamba-ssm's kernel computes; y in u's dtype
+            y, last = selective_scan(upcast(u), upcast(delta), A, upcast(B), upcast(C), D, chunk_size=self.chunk_size,
+                                     memo=memo, initial_state=initial_state, return_last_state=True)
+            return y.to(u.dtype), last
         if any(t.requires_grad for t in (delta, A, B, C, D)):
             if initial_state is not None:
                 raise ValueError("the cuda backend continues from a state only under the ssm rule; "
@@ -108,7 +111,7 @@ class _LinearKernelScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dlast):
         delta, A, B, C, D = ctx.saved_tensors
-        dy = torch.zeros_like(delta) if dy is None else dy.contiguous()
+        dy = torch.zeros_like(delta) if dy is None else dy if dy.stride(-1) == 1 else dy.contiguous()
         grads = None if ctx.fallback else adjoint_by_forward_scan(ctx.scan, dy, delta, A, B, C, D, dlast)
         if grads is None:  # the PyTorch scan's gradient; the scan is linear, so at u = 0, s0 = 0
             with torch.enable_grad():

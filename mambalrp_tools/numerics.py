@@ -8,8 +8,11 @@ Three precisions (`explain(..., precision=)`, `lrp_mode(..., precision=)`):
   duration). float32 matmuls otherwise run on SIMT kernels, half of a float32 explanation's GPU time
   (benchmarks/results/h200_2026-12-01.md). No effect on a CPU.
 - "model": matmuls and convolutions run in the model's own dtype (GPUs and CPUs accumulate bf16/fp16
-  products in float32), their results are upcast. The residual stream, the norms, the scan and its
-  state, and the relevance readout stay float32. For float32 models both are the same.
+  products in float32). The residual stream, the norms, the scan's state and arithmetic, and the
+  relevance readout stay float32. Between them, an architecture may keep its activations in the
+  model's dtype (`activation_dtype`; Mamba-1 does for bfloat16, as transformers' own kernels do):
+  half the memory traffic, which is what the elementwise work of an explanation on a GPU is bound
+  by. For float32 models "model" and "float32" are the same.
 """
 
 from __future__ import annotations
@@ -25,6 +28,15 @@ DEFAULT_PRECISION = "float32"
 def upcast(t: torch.Tensor) -> torch.Tensor:
     """Half-precision tensors to float32 (relevance needs it); float32 and float64 stay as they are."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def activation_dtype(dtype: torch.dtype, precision: str) -> torch.dtype:
+    """The dtype in which a mixer keeps its activations (the tensors between its matmuls, the scan's
+    inputs and outputs): the model's own under "model" for bfloat16, else at least float32. float16
+    activations stay float32: the scan's loading steps need widths ~1e-9, below float16's range."""
+    if precision == "model" and dtype == torch.bfloat16:
+        return dtype
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def resolve_precision(precision: str | None) -> str:
@@ -46,6 +58,23 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pre
     """x W^T + b in the precision's dtype, returned in at least float32."""
     w = operand(weight, precision)
     return upcast(torch.nn.functional.linear(x.to(w.dtype), w, operand(bias, precision)))
+
+
+def project(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor, precision: str,
+            dtype: torch.dtype | None = None) -> torch.Tensor:
+    """weight @ x (+ bias) over the channels of x [b, in, T] -> [b, out, T], time-major in memory
+    (strides (T, b T, 1), which the scan and convolution kernels read as they are), computed in the
+    precision's dtype and returned in `dtype` (None: as computed).
+
+    One matmul over all b T tokens; neither x in its layout nor the token-major one of a residual
+    stream ([b, T, in] transposed) is copied, and neither is the result.
+    """
+    w = operand(weight, precision)
+    b, channels, T = x.shape
+    out = (w @ x.to(w.dtype).transpose(0, 1).reshape(channels, b * T)).view(-1, b, T).transpose(0, 1)
+    if bias is not None:
+        out = out + operand(bias, precision)[:, None]
+    return out if dtype is None else out.to(dtype)
 
 
 @contextlib.contextmanager

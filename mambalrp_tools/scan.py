@@ -173,9 +173,12 @@ _SMALLEST_DELTA = 1e-30
 
 
 def _loading_delta(A, dtype):
-    """A step width so small that exp(delta * A) rounds to exactly 1 in `dtype` for every entry of A:
-    a step of that width adds delta * B_t * u_t to the state and decays nothing."""
-    return torch.finfo(dtype).eps / 16 / max(float(A.abs().max()), 1e-30)
+    """A step width so small that exp(delta * A) rounds to exactly 1 for every entry of A in the scan's
+    arithmetic (float32 for half-precision inputs, as in mamba-ssm's kernels; else `dtype`): a step of
+    that width adds delta * B_t * u_t to the state and decays nothing. Rounded to `dtype`, the width
+    the kernel reads (0 where `dtype` cannot hold it: the callers then fall back)."""
+    eps = min(torch.finfo(dtype).eps, torch.finfo(torch.float32).eps)
+    return float(torch.tensor(eps / 16 / max(float(A.abs().max()), 1e-30), dtype=dtype))
 
 
 def _join(first, rest):
@@ -194,13 +197,14 @@ def scan_from_state(forward_scan, u, delta, A, B, C, D, s0):
     n leading steps load s0 one state column at a time (step k: B = e_k, C = 0, u = s0[..., k] / w) with
     a width w for which exp(w A) is exactly 1 (`_loading_delta`), so after them the state is s0 and the
     sequence proceeds from it; their outputs are dropped. One kernel call over T + n steps instead of
-    O(b d n T) decay sums beside it. Returns None when s0 / w would overflow.
+    O(b d n T) decay sums beside it. Returns None when s0 / w would overflow u's dtype. (In bfloat16
+    the loaded state carries bfloat16 rounding, as the inputs do.)
     """
     if s0 is None:
         return forward_scan(u, delta, A, B, C, D, return_last_state=True)
     n = A.shape[1]
     w = _loading_delta(A, u.dtype)
-    load = s0 / w  # [b, d, n]: the input of loading step k is column k
+    load = (s0 / w).to(u.dtype)  # [b, d, n]: the input of loading step k is column k
     if not bool(torch.isfinite(load).all()):
         return None
     eye = torch.eye(n, dtype=B.dtype, device=B.device).expand(B.shape[0], n, n)
@@ -231,5 +235,5 @@ def adjoint_by_forward_scan(forward_scan, dy, delta, A, B, C, D, dlast=None):
     if out is None:
         return None
     y_rev, lambda_0 = out
-    du = torch.addcmul(dy * D[:, None], delta, y_rev.flip(-1))
+    du = torch.addcmul(dy * D[:, None].to(dy.dtype), delta, y_rev.flip(-1))
     return du, torch.exp(delta[..., :1] * A) * lambda_0

@@ -23,6 +23,10 @@ def child_env(*first, **variables) -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "HF_HUB_OFFLINE": "1", **variables}
 
 
+#: |sum R - f| / sum |R| that precision="model" stays within on half-precision models (README "Precision");
+#: relative to the total relevance, not to f, which can sit near zero. bfloat16 activations: max 0.021,
+#: median 0.002 over 128 inputs of tiny random models
+MODEL_PRECISION_BOUND = 3e-2
 ARCHS = {"mamba": (MambaConfig, MambaForCausalLM), "falcon_mamba": (FalconMambaConfig, FalconMambaForCausalLM)}
 
 

@@ -258,13 +258,21 @@ def test_randomisation_check_runs_through_the_new_architecture(toy):
 def test_auto_checkpoint_counts_the_whole_batch(monkeypatch):
     """A 130m-sized model at 512 tokens stores ~0.75 GB of activations per sequence (under the CPU
     budget), a batch of 16 twelve times the budget: the batch is recomputed, one sequence is not.
-    explain passes its batch size on."""
+    explain passes its batch size on, and the bytes per activation: bfloat16 ones (precision="model")
+    take half."""
     sizes = Sizes(layers=24, hidden=768, inner=1536, state=16, activation_floats=10)
     cpu = torch.device("cpu")
     assert architectures._checkpoint_mode(None, 512, sizes, cpu) is None
     assert architectures._checkpoint_mode(None, 512, sizes, cpu, batch_size=16) == "device"
-    seen = []
     original = architectures._checkpoint_mode
-    monkeypatch.setattr(architectures, "_checkpoint_mode", lambda *a: seen.append(a[-1]) or original(*a))
+    monkeypatch.setattr(architectures, "_checkpoint_mode", lambda *a: seen.append(a[-2:]) or original(*a))
+    seen = []  # (batch size, bytes per activation) of each lrp_mode call
     mlt.explain(tiny_model("mamba"), torch.zeros(3, 12, dtype=torch.long), target=0)
-    assert seen and set(seen) == {3}
+    assert seen and set(seen) == {(3, 4)}  # float32 activations
+    # bfloat16 activations (precision="model") take half the bytes: 3 x 512 tokens then fit
+    assert original(None, 512, sizes, cpu, False, 3, 4) == "device"
+    assert original(None, 512, sizes, cpu, False, 3, 2) is None
+    seen.clear()
+    mlt.explain(tiny_model("mamba", dtype=torch.bfloat16), torch.zeros(3, 12, dtype=torch.long), target=0,
+                precision="model")
+    assert set(seen) == {(3, 2)}

@@ -11,7 +11,7 @@ import torch
 import mambalrp_tools as mlt
 from mambalrp_tools.backends import cuda_kernels, resolve
 
-from conftest import assert_untouched, snapshot, tiny_model
+from conftest import MODEL_PRECISION_BOUND, assert_untouched, snapshot, tiny_model
 
 HAS_CUDA = torch.cuda.is_available()
 BACKENDS = [
@@ -233,6 +233,11 @@ def test_loading_a_state_is_exact_in_float32(a_scale):
     B, C = torch.randn(b, n, T, generator=g), torch.randn(b, n, T, generator=g)
     D, s0 = torch.randn(d, generator=g), torch.randn(b, d, n, generator=g) * 10
     assert bool((torch.exp(_loading_delta(A, torch.float32) * A) == 1).all())
+    # bfloat16 inputs (precision="model"): the kernel reads the width in bfloat16 and computes in
+    # float32, where its decay must still be exactly 1
+    w = _loading_delta(A, torch.bfloat16)
+    assert w > 0 and torch.tensor(w, dtype=torch.bfloat16).item() == w
+    assert bool((torch.exp(w * A) == 1).all())
     y, last = scan_from_state(_torch_kernel, u, delta, A, B, C, D, s0)
     y_ref, last_ref = selective_scan(u, delta, A, B, C, D, initial_state=s0, return_last_state=True)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5 * float(y_ref.abs().max()))
@@ -395,3 +400,79 @@ def test_cuda_conv_gets_a_layout_its_kernel_accepts(monkeypatch, width):
     out = Backend("cuda").conv1d(xs, weight, bias)
     torch.testing.assert_close(out, Backend("torch").conv1d(xs, weight, bias), rtol=0, atol=0)
     assert seen == [width % 8 == 0]  # channel-last kept when the kernel takes it
+
+
+def _emulated_kernels():
+    """mamba-ssm's `selective_scan_fn` and causal-conv1d's `causal_conv1d_fn` on a CPU, with the dtype
+    contracts of their CUDA kernels: u, delta, B and C in one dtype, A and D float32, arithmetic and
+    state in float32 (half-precision inputs), outputs in the input's dtype."""
+    import torch.nn.functional as F
+
+    from mambalrp_tools.scan import selective_scan
+
+    def scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
+        assert u.dtype == delta.dtype == B.dtype == C.dtype, (u.dtype, delta.dtype, B.dtype, C.dtype)
+        assert A.dtype == torch.float32 or A.dtype == u.dtype == torch.float64, A.dtype
+        assert D is None or D.dtype == A.dtype
+        work = torch.promote_types(u.dtype, torch.float32)
+        y, last = selective_scan(*(t.to(work) for t in (u, delta)), A, B.to(work), C.to(work), D,
+                                 return_last_state=True)
+        return (y.to(u.dtype), last) if return_last_state else y.to(u.dtype)
+
+    def conv(x, weight, bias=None, activation=None):
+        assert activation is None and (x.stride(2) == 1 or x.stride(1) == 1)
+        work = torch.promote_types(x.dtype, torch.float32)
+        k = weight.shape[-1]
+        out = F.conv1d(x.to(work), weight.to(work)[:, None], None if bias is None else bias.to(work),
+                       padding=k - 1, groups=x.shape[1])
+        return out[..., : x.shape[-1]].to(x.dtype)
+
+    return scan, conv
+
+
+@pytest.fixture
+def emulated_cuda_backend(monkeypatch):
+    """`backend="cuda"` on a CPU model, its kernels emulated (`_emulated_kernels`); counts the calls
+    of the PyTorch scan (`fallbacks`) that the kernel route replaces."""
+    from mambalrp_tools import backends
+    from mambalrp_tools.backends import Backend
+
+    scan, conv = _emulated_kernels()
+    monkeypatch.setattr(backends, "cuda_kernels", lambda: (scan, conv))
+    monkeypatch.setattr(backends, "resolve", lambda backend, device, chunk_size=128: Backend(
+        "cuda" if backend in ("auto", "cuda") else backend, chunk_size))
+    fallbacks = []
+    original = backends.selective_scan
+    monkeypatch.setattr(backends, "selective_scan", lambda *a, **k: fallbacks.append(1) or original(*a, **k))
+    return fallbacks
+
+
+@pytest.mark.parametrize("dtype,precision", [(torch.float32, "float32"), (torch.bfloat16, "model"),
+                                             (torch.bfloat16, "float32")])
+def test_kernel_backend_dtypes_and_layouts_on_the_emulated_kernels(arch, emulated_cuda_backend, monkeypatch,
+                                                                   dtype, precision):
+    """The CUDA backend's path (time-major activations, bfloat16 ones under precision="model", the
+    scan's start state loaded in bfloat16 steps) against the PyTorch backend, on kernels emulated
+    with their dtype contracts; also in recomputed pieces, which must not fall back to the PyTorch scan."""
+    from mambalrp_tools import backends
+
+    model = tiny_model(arch, zero_biases=True, dtype=dtype)
+    snap = snapshot(model)
+    ids = _inputs(T=64)
+    kw = dict(target=3, precision=precision)
+    with monkeypatch.context() as m:
+        m.setattr(backends, "resolve", lambda backend, device, chunk_size=128: backends.Backend("torch", chunk_size))
+        ref = mlt.explain(model, ids, **kw)
+    emulated_cuda_backend.clear()  # the PyTorch backend's own scans
+    ours = mlt.explain(model, ids, **kw)
+    monkeypatch.setattr(backends, "RECOMPUTE_TILE_CUDA", 24)  # three pieces per layer: state carried twice
+    pieces = mlt.explain(model, ids, checkpoint="device", **kw)
+    assert_untouched(model, snap)
+    assert ours.info["backend"] == "cuda" and not emulated_cuda_backend
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for expl in (ours, pieces):
+        torch.testing.assert_close(expl.logit, ref.logit, rtol=tol, atol=tol)
+        scale = float(ref.relevance.abs().max())
+        torch.testing.assert_close(expl.relevance / scale, ref.relevance / scale, rtol=tol, atol=tol)
+        gap = (expl.relevance.sum(-1) - expl.logit).abs() / expl.relevance.abs().sum(-1)
+        assert float(gap.max()) < (1e-5 if precision == "float32" else MODEL_PRECISION_BOUND), gap

@@ -412,14 +412,16 @@ def test_needle_mamba2_recipe_trains_a_mamba2(tmp_path, monkeypatch):
     assert rec["command"].startswith("mambalrp-tools train-toy needle-mamba2 --steps 4")
     assert torch.count_nonzero(model.get_input_embeddings().weight[T.PAD_ID]) == 0
     ex = tasks.load("needle", 1, seed=0, tokenizer=tok, context_length=32)[0]
-    ids = ex.input_ids[None]
-    padded = torch.cat([torch.zeros(1, 5, dtype=torch.long), ids], 1)
+    device = model.device  # the recipe trains on a GPU where there is one
+    ids = ex.input_ids[None].to(device)
+    padded = torch.cat([torch.zeros(1, 5, dtype=torch.long, device=device), ids], 1)
     with torch.no_grad(), mlt.lrp_mode(model, ALL_OFF):  # no mask: the pads are inert by themselves
         torch.testing.assert_close(model(ids).logits[0, -1], model(padded).logits[0, -1], rtol=1e-5, atol=1e-5)
         before = model(padded).logits
     monkeypatch.setattr("mambalrp_tools.models.TOY_DIR", tmp_path)
     again, _ = mlt.load_model("toy/needle-mamba2")
     assert type(again).__name__ == "Mamba2ForCausalLM"
-    with torch.no_grad(), mlt.lrp_mode(again, ALL_OFF):
-        assert torch.equal(before, again(padded).logits)
+    again.to(device)
+    with torch.no_grad(), mlt.lrp_mode(again, ALL_OFF):  # the saved weights are the trained ones
+        torch.testing.assert_close(before, again(padded).logits, rtol=1e-6, atol=1e-6)
     assert float(mlt.explain(again, ids, target=ex.target).conservation_error[0]) < 1e-5

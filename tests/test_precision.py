@@ -7,12 +7,9 @@ import pytest
 import torch
 
 import mambalrp_tools as mlt
-from conftest import assert_untouched, snapshot, tiny_model
+from conftest import MODEL_PRECISION_BOUND, assert_untouched, snapshot, tiny_model
 
 pytestmark = pytest.mark.timeout(120)
-#: |sum R - f| / sum |R| that precision="model" stays within on half-precision models (README "Precision");
-#: relative to the total relevance, not to f, which can sit near zero
-MODEL_PRECISION_BOUND = 1e-2
 
 
 def _ids(T=40, batch=2, vocab=97, seed=0):

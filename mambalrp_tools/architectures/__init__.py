@@ -81,7 +81,7 @@ def lrp_mode(
     CPU, half the free memory on a GPU, for `batch_size` sequences of `seq_len` tokens), and "cpu"
     when even the layer inputs would crowd the GPU.
     `precision`: "float32" (default; exact), "tf32" (float32 with TF32 matmuls on CUDA) or "model"
-    (matmuls in the model's dtype); see `numerics`.
+    (matmuls, and where the architecture allows activations, in the model's dtype); see `numerics`.
 
         with lrp_mode(model):
             emb = model.get_input_embeddings()(ids).detach().requires_grad_()
@@ -93,9 +93,10 @@ def lrp_mode(
     device = next(model.parameters()).device
     chosen = backends.resolve(backend, device, chunk_size)
     pieces = chosen.carries_state(rules.ssm)
+    precision = resolve_precision(precision)
+    float_bytes = arch.activation_dtype(model, precision).itemsize
     ctx = PatchContext(rules, chosen, _checkpoint_mode(checkpoint, seq_len, arch.sizes(model), device, pieces,
-                                                        batch_size), HostSlabs(),
-                       resolve_precision(precision))
+                                                        batch_size, float_bytes), HostSlabs(), precision)
     installed = []
     with matmul_precision(ctx.precision):
         try:
@@ -149,16 +150,17 @@ def input_gradients_only(model):
             p.requires_grad_(flag)
 
 
-def _checkpoint_mode(checkpoint, seq_len, sizes: Sizes, device, pieces: bool = False, batch_size: int = 1) -> str | None:
+def _checkpoint_mode(checkpoint, seq_len, sizes: Sizes, device, pieces: bool = False, batch_size: int = 1,
+                     float_bytes: int = 4) -> str | None:
     if checkpoint is None:
-        checkpoint = _auto_checkpoint(seq_len, sizes, device, pieces, batch_size)
+        checkpoint = _auto_checkpoint(seq_len, sizes, device, pieces, batch_size, float_bytes)
     mode = {False: None, True: "device", "device": "device", "cpu": "cpu"}.get(checkpoint, "invalid")
     if mode == "invalid":
         raise ValueError(f"checkpoint must be None, True, False, 'device' or 'cpu', got {checkpoint!r}")
     return mode
 
 
-def _auto_checkpoint(seq_len, sizes: Sizes, device, pieces: bool = False, batch_size: int = 1):
+def _auto_checkpoint(seq_len, sizes: Sizes, device, pieces: bool = False, batch_size: int = 1, float_bytes: int = 4):
     """Recompute layers only when storing every layer's activations would not fit comfortably.
 
     Autograd keeps about `activation_floats` x `inner` floats per token and layer; recomputation
@@ -167,12 +169,13 @@ def _auto_checkpoint(seq_len, sizes: Sizes, device, pieces: bool = False, batch_
     (`inner` floats) so that the recomputation skips the scan; on CPU that is still well below the
     budget. With `pieces` (the backend carries a layer's state, so a recomputed layer runs in pieces)
     a GPU needs little beyond the kept inputs; otherwise recomputing a whole layer needs room for its
-    activations too. Estimates are for `batch_size` sequences (a batch of 16 stores 16 times as much).
+    activations too. Estimates are for `batch_size` sequences (a batch of 16 stores 16 times as much),
+    with activations of `float_bytes` each (2 for the bfloat16 activations of `precision="model"`).
     """
     if seq_len is None:
         return False
     tokens = seq_len * batch_size
-    stored = tokens * sizes.layers * sizes.activation_floats * sizes.inner * 4
+    stored = tokens * sizes.layers * sizes.activation_floats * sizes.inner * float_bytes
     kept = tokens * sizes.layers * sizes.hidden * 4
     if device.type != "cuda":
         return stored > CPU_ACTIVATION_BUDGET and "device"

@@ -94,6 +94,12 @@ class Architecture:
     def sizes(self, model) -> Sizes:
         raise NotImplementedError
 
+    def activation_dtype(self, model, precision: str) -> torch.dtype:
+        """The dtype of the activations the patched mixers keep (memory estimates): at least float32
+        unless the architecture's file keeps them in the model's dtype (`numerics.activation_dtype`)."""
+        dtype = next(model.parameters()).dtype
+        return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
     def stages(self, model) -> list[tuple[str, list[torch.nn.Module]]]:
         """(name, modules) for the randomisation test, top down: head, final norm, last layer ... first
         layer, embeddings."""

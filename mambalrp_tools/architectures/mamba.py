@@ -1,9 +1,11 @@
 """Mamba-1 and FalconMamba (transformers' `MambaMixer`, `FalconMambaMixer`) with the MambaLRP rules.
 
 One replacement-forward factory per module class (`MAMBA.patch_map`), installed per instance by
-`architectures.lrp_mode`, and the accessors the rest of the package uses (`Mamba`). The values equal transformers' forward to float tolerance; only the
-gradient flow changes where a rule is on. Everything is computed in at least float32, whatever the model's
-dtype (float64 models stay float64), so relevance of fp16/bf16 models is as precise as for fp32 ones.
+`architectures.lrp_mode`, and the accessors the rest of the package uses (`Mamba`). The values equal
+transformers' forward to float tolerance; only the gradient flow changes where a rule is on. By
+default everything is computed in at least float32, whatever the model's dtype (float64 models stay
+float64), so relevance of fp16/bf16 models is as precise as for fp32 ones; `precision="model"` keeps
+a bfloat16 model's activations in bfloat16 (`numerics`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from transformers.models.mamba.modeling_mamba import MambaBlock, MambaMixer, Mam
 
 from .. import backends
 from ..backends import Backend
-from ..numerics import linear, operand, upcast
+from ..numerics import activation_dtype, linear, operand, project, upcast
 from ..recompute import recompute
 from ..rules import Rules, gate, rms_norm, silu, ssm
 from .base import Architecture, LayerSSM, PatchContext, Sizes
@@ -44,34 +46,46 @@ def _mask(x, attention_mask):
     return x if attention_mask is None else x * attention_mask[:, :, None].to(x.dtype)
 
 
+def _mask_channels(x, attention_mask):
+    """Zero padded positions of x [b, channels, T]."""
+    return x if attention_mask is None else x * attention_mask[:, None, :].to(x.dtype)
+
+
 def in_projection(mixer, hidden_states, attention_mask, precision="float32"):
-    """xs (the convolution's input) and z (the gate's pre-activation), [b, d_inner, T] each, float32."""
-    x = _mask(upcast(hidden_states), attention_mask)
-    projected = linear(x, mixer.in_proj.weight, mixer.in_proj.bias, precision).transpose(1, 2)
-    return projected.chunk(2, dim=1)
+    """xs (the convolution's input) and z (the gate's pre-activation), [b, d_inner, T] each, time-major
+    (`numerics.project`), in the activation dtype (`numerics.activation_dtype`).
+
+    Two matmuls of half the rows, not one split in two: autograd's backward of a split concatenates
+    the halves' gradients, a copy of [b, 2 d_inner, T] per layer.
+    """
+    act = activation_dtype(mixer.in_proj.weight.dtype, precision)
+    x = _mask(upcast(hidden_states), attention_mask).transpose(1, 2)  # [b, hidden, T]
+    weight, bias, d = mixer.in_proj.weight, mixer.in_proj.bias, mixer.intermediate_size
+    return tuple(project(weight[rows], None if bias is None else bias[rows], x, precision, act)
+                 for rows in (slice(None, d), slice(d, None)))
 
 
 def ssm_parameters(mixer, xs, attention_mask, rules: Rules, backend: Backend, conv_history=None,
                    precision="float32"):
     """u, delta [b, d_inner, T]; A [d_inner, n]; B, C [b, n, T]; D [d_inner] from the conv input xs,
-    with the silu, norm and ssm rules applied. conv_history: the conv inputs before xs (see `MixerState`)."""
+    with the silu, norm and ssm rules applied. u, delta, B and C in xs' dtype (the activation dtype;
+    mamba-ssm's kernel takes them in one dtype), A and D float32. conv_history: the conv inputs
+    before xs (see `MixerState`)."""
+    act = xs.dtype
     weight, bias = operand(mixer.conv1d.weight, precision), operand(mixer.conv1d.bias, precision)
     history = None if conv_history is None else conv_history.to(weight.dtype)
-    conv = upcast(backend.conv1d(xs.to(weight.dtype), weight, bias, history))
-    u = _mask(silu(conv, rules.silu).transpose(1, 2), attention_mask)  # [b, T, d_inner]
+    conv = backend.conv1d(xs.to(weight.dtype), weight, bias, history).to(act)
+    u = _mask_channels(silu(conv, rules.silu), attention_mask)
 
-    dt, B, C = torch.split(
-        linear(u, mixer.x_proj.weight, None, precision),
-        [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size],
-        dim=-1,
-    )
-    if hasattr(mixer, "b_layernorm"):  # FalconMamba: weightless RMS norms on dt, B and C
-        dt, B, C = (rms_norm(t, None, mixer.rms_eps, rules.norm) for t in (dt, B, C))
-    dt_weight = operand(mixer.dt_proj.weight, precision)
-    delta = F.softplus(upcast(dt_weight @ dt.transpose(1, 2).to(dt_weight.dtype)) + upcast(mixer.dt_proj.bias)[:, None])
+    dt, B, C = torch.split(project(mixer.x_proj.weight, None, u, precision, act),
+                           [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], dim=1)
+    if hasattr(mixer, "b_layernorm"):  # FalconMamba: weightless RMS norms over the features of dt, B, C
+        dt, B, C = (rms_norm(t.transpose(1, 2), None, mixer.rms_eps, rules.norm).transpose(1, 2).to(act)
+                    for t in (dt, B, C))
+    # softplus in float32, then rounded once to the activation dtype, as the scan reads it
+    delta = F.softplus(project(mixer.dt_proj.weight, None, dt, precision) + upcast(mixer.dt_proj.bias)[:, None])
     A = -torch.exp(upcast(mixer.A_log))
-    delta, A, B, C, D = ssm(delta, A, B.transpose(1, 2), C.transpose(1, 2), upcast(mixer.D), rules.ssm)
-    return u.transpose(1, 2).contiguous(), delta.contiguous(), A, B.contiguous(), C.contiguous(), D
+    return (u, *ssm(delta.to(act), A, B, C, upcast(mixer.D), rules.ssm))
 
 
 def selective_parameters(mixer, hidden_states, attention_mask, rules: Rules, backend: Backend):
@@ -101,6 +115,7 @@ def _last_inputs(xs, history, k):
 def mixer_core(mixer, hidden_states, attention_mask, rules: Rules, backend: Backend, memo=None,
                state: MixerState | None = None, precision="float32"):
     """The selective SSM block of one layer: [b, T, hidden] -> ([b, T, hidden] float32, MixerState).
+    Between its projections it computes in the activation dtype (`numerics.activation_dtype`).
 
     `memo`: the layer's `recompute.Memo` when it is recomputed in backward. `state`: continue a
     sequence from where an earlier call on its preceding tokens ended (None: the sequence starts
@@ -112,7 +127,9 @@ def mixer_core(mixer, hidden_states, attention_mask, rules: Rules, backend: Back
     y, last = backend.scan(u, delta, A, B, C, D, memo=memo if rules.ssm else None,
                            initial_state=None if state is None else state.ssm)
     g = gate(y, silu(z, rules.silu), rules.gate)
-    out = linear(g.transpose(1, 2), mixer.out_proj.weight, mixer.out_proj.bias, precision)
+    b, d, T = g.shape  # g's time-major layout makes its token-major view [b T, d] free
+    out = linear(g.transpose(1, 2).reshape(b * T, d), mixer.out_proj.weight, mixer.out_proj.bias, precision)
+    out = out.view(b, T, -1)
     if last is None:
         return out, None
     history = None if state is None else state.conv
@@ -221,6 +238,9 @@ class Mamba(Architecture):
         with torch.no_grad():
             u, delta, A, B, C, D, _ = selective_parameters(mixer, hidden_states, attention_mask, Rules.none(), backend)
         return LayerSSM(u, delta, A, B, C, D, attention_mask)
+
+    def activation_dtype(self, model, precision: str) -> torch.dtype:
+        return activation_dtype(next(model.parameters()).dtype, precision)
 
     def sizes(self, model) -> Sizes:
         config = model.config
