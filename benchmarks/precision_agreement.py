@@ -1,6 +1,10 @@
 """How much explain(precision="tf32" / "model") departs from the exact float32 path, on one model and length.
 
     python benchmarks/precision_agreement.py --device cuda --size 1.4b --dtype bfloat16 --length 2048
+    python benchmarks/precision_agreement.py --toy toy/needle --length 1024 --samples 16   # a trained model
+
+A random model (`--arch`, `--size`, random token ids, target token 0), or with `--toy` an embedded
+trained model cast to `--dtype`, on examples of its own task (its target tokens).
 
 Prints, per precision, the conservation error |sum R - f| / |f|, the same relative to sum |R|, and
 the agreement with the float32 relevance (Pearson r over tokens, overlap of the 10 most relevant
@@ -16,6 +20,7 @@ import time
 import torch
 
 import mambalrp_tools as mlt
+from mambalrp_tools import tasks
 from mambalrp_tools.numerics import PRECISIONS
 from bench_explain import SIZES, build
 
@@ -28,21 +33,32 @@ def main():
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--length", type=int, default=2048)
     p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--toy", help="an embedded trained model (toy/needle, toy/sentiment, ...) instead of a random one")
     p.add_argument("--json")
     args = p.parse_args()
-    model = build(args.arch, args.size, args.device, args.dtype)
-    vocab = SIZES[(args.arch, args.size)]["vocab_size"]
-    g = torch.Generator().manual_seed(0)
     rows = {prec: {"conservation": [], "conservation_abs": [], "pearson": [], "top10": [], "seconds": []}
             for prec in PRECISIONS}
-    for _ in range(args.samples):
-        ids = torch.randint(0, vocab, (1, args.length), generator=g).to(args.device)
+    if args.toy:
+        model, _ = mlt.load_model(args.toy, device=args.device, dtype=getattr(torch, args.dtype))
+        task = args.toy.split("/")[-1].split("-")[0]  # toy/needle-mamba2 -> needle
+        params = {"context_length": args.length} if task == "needle" else {}
+        inputs = [(ex.input_ids[None].to(args.device), ex.target)
+                  for ex in tasks.load(task, args.samples, seed=0, **params)]
+        label = f"{args.toy} (trained) cast to {args.dtype}, task {task}{', T=%d' % args.length if params else ''}"
+    else:
+        model = build(args.arch, args.size, args.device, args.dtype)
+        vocab = SIZES[(args.arch, args.size)]["vocab_size"]
+        g = torch.Generator().manual_seed(0)
+        inputs = [(torch.randint(0, vocab, (1, args.length), generator=g).to(args.device), 0)
+                  for _ in range(args.samples)]
+        label = f"{args.arch} {args.size} {args.dtype}, T={args.length}, random inputs"
+    for ids, target in inputs:
         out = {}
         for prec in PRECISIONS:
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            e = mlt.explain(model, ids, target=0, precision=prec)
+            e = mlt.explain(model, ids, target=target, precision=prec)
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             rows[prec]["seconds"].append(time.perf_counter() - start)
@@ -53,9 +69,10 @@ def main():
             rows[prec]["conservation"].append(float(e.conservation_error[0]))
             rows[prec]["conservation_abs"].append(float((r.sum() - e.logit[0]).abs() / r.abs().sum()))
             rows[prec]["pearson"].append(float(torch.corrcoef(torch.stack([r, ref]))[0, 1]))
-            top = lambda x: set(x.abs().topk(10).indices.tolist())  # noqa: E731
-            rows[prec]["top10"].append(len(top(r) & top(ref)) / 10)
-    print(f"# {args.arch} {args.size} {args.dtype}, T={args.length}, {args.samples} random inputs, device {args.device}")
+            k = min(10, r.numel())  # short inputs (sentiment) have fewer than 10 tokens
+            top = lambda x: set(x.abs().topk(k).indices.tolist())  # noqa: E731
+            rows[prec]["top10"].append(len(top(r) & top(ref)) / k)
+    print(f"# {label}, {len(inputs)} inputs, device {args.device}")
     print("| precision | |sum R - f| / |f| | |sum R - f| / sum |R| | Pearson vs float32 | top-10 overlap | s per explain |")
     print("|---|---|---|---|---|---|")
     summary = {}

@@ -111,3 +111,24 @@ def test_tf32_on_the_gpu(arch, dtype):
     assert float(gap.max()) < MODEL_PRECISION_BOUND, gap
     for a, b in zip(fast.relevance, exact.relevance):
         assert float(torch.corrcoef(torch.stack([a, b]))[0, 1]) > 0.99
+
+
+def test_precision_agreement_benchmark_on_a_trained_toy(tmp_path):
+    """benchmarks/precision_agreement.py --toy: an embedded trained model cast to bfloat16, on its own
+    task; float32 agrees with itself and conserves, "model" conserves within its bound."""
+    import json
+    import pathlib
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    bench = pathlib.Path(__file__).parents[1] / "benchmarks"
+    out = tmp_path / "agreement.json"
+    subprocess.run([sys.executable, "precision_agreement.py", "--toy", "toy/bios", "--samples", "2", "--json", str(out)],
+                   cwd=bench, env=child_env(), check=True, capture_output=True, timeout=100)
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["float32"]["pearson"] == pytest.approx(1.0) and summary["float32"]["top10"] == 1.0
+    assert summary["float32"]["max_conservation"] < 1e-5
+    assert summary["model"]["conservation_abs"] < MODEL_PRECISION_BOUND
+    assert summary["model"]["pearson"] > 0.9
