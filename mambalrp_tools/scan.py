@@ -190,7 +190,7 @@ def _join(first, rest):
     return out
 
 
-def scan_from_state(forward_scan, u, delta, A, B, C, D, s0):
+def scan_from_state(forward_scan, u, delta, A, B, C, D, s0, width=None):
     """(y, last state) of the scan started from s0 [b, d, n] (zeros if None), by a kernel that always
     starts from zero: `forward_scan(u, delta, A, B, C, D, return_last_state=True)` -> (y, last).
 
@@ -198,12 +198,13 @@ def scan_from_state(forward_scan, u, delta, A, B, C, D, s0):
     a width w for which exp(w A) is exactly 1 (`_loading_delta`), so after them the state is s0 and the
     sequence proceeds from it; their outputs are dropped. One kernel call over T + n steps instead of
     O(b d n T) decay sums beside it. Returns None when s0 / w would overflow u's dtype. (In bfloat16
-    the loaded state carries bfloat16 rounding, as the inputs do.)
+    the loaded state carries bfloat16 rounding, as the inputs do.) `width`: w, if the caller already
+    has it (computing it reads max |A| back from the device).
     """
     if s0 is None:
         return forward_scan(u, delta, A, B, C, D, return_last_state=True)
     n = A.shape[1]
-    w = _loading_delta(A, u.dtype)
+    w = _loading_delta(A, u.dtype) if width is None else width
     load = (s0 / w).to(u.dtype)  # [b, d, n]: the input of loading step k is column k
     if not bool(torch.isfinite(load).all()):
         return None
@@ -226,12 +227,14 @@ def adjoint_by_forward_scan(forward_scan, dy, delta, A, B, C, D, dlast=None):
     ds0 = exp(delta_0 A) lambda_0, lambda_0 being the reversed scan's last state.
     `forward_scan` as for `scan_from_state`. Returns None if some delta is too small to divide by.
     """
+    w = _loading_delta(A, delta.dtype)
     delta_rev = torch.empty_like(delta)
-    delta_rev[..., :1] = _loading_delta(A, delta.dtype)
+    delta_rev[..., :1] = w
     delta_rev[..., 1:] = delta[..., 1:].flip(-1)
     if bool((delta_rev < _SMALLEST_DELTA).any()):
         return None
-    out = scan_from_state(forward_scan, dy.flip(-1) / delta_rev, delta_rev, A, C.flip(-1), B.flip(-1), None, dlast)
+    out = scan_from_state(forward_scan, dy.flip(-1) / delta_rev, delta_rev, A, C.flip(-1), B.flip(-1), None, dlast,
+                          width=w)
     if out is None:
         return None
     y_rev, lambda_0 = out
