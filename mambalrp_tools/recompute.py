@@ -13,11 +13,19 @@ A layer that can carry its state across time (conv inputs and scan state) runs i
 hundred tokens, forward and recomputed: whole-layer intermediates of long inputs are tens of MB each,
 and allocating, faulting in and streaming them makes the time per token grow with the length; in
 pieces it stays the same (measurements: benchmarks/results/constants.md).
+
+Inside a layer, two lighter tools keep autograd from storing what is cheap to compute again:
+`recomputed` (a small elementwise region, `torch.utils.checkpoint`) and `saved_by_recipe` (one
+tensor that autograd would keep, replaced by the function that gives it again).
 """
 
 from __future__ import annotations
 
+import contextlib
+from typing import Callable
+
 import torch
+from torch.utils.checkpoint import checkpoint
 
 
 class HostSlabs:
@@ -133,3 +141,32 @@ def recompute(fn, x: torch.Tensor, keep_free: int | None = None, slabs: HostSlab
     slabs: where CPU tensors are kept (one `HostSlabs` shared by all layers of a model).
     """
     return _Recompute.apply(fn, keep_free, slabs, tile, x)
+
+
+def recomputed(fn, *args):
+    """fn(*args), keeping only the tensors in args for backward, where fn runs again
+    (`torch.utils.checkpoint`, non-reentrant). For regions whose intermediates cost more memory than
+    time: elementwise work after a matmul or a convolution. Without gradients it is fn(*args)."""
+    if not torch.is_grad_enabled() or not any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+        return fn(*args)
+    return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
+
+
+@contextlib.contextmanager
+def saved_by_recipe(value: torch.Tensor, recipe: Callable[[], torch.Tensor]):
+    """While the block runs, autograd keeps `recipe` wherever it would save `value` itself, and calls it
+    in backward: `recipe()` must give `value` again, bit for bit, from tensors that stay alive anyway.
+    Other saved tensors, views of `value` among them, are kept as usual."""
+    key = (value.data_ptr(), value.shape, value.stride(), value.dtype, value.device)
+
+    def pack(t):  # detached: a saved output holding its own grad_fn would be a reference cycle
+        return recipe if (t.data_ptr(), t.shape, t.stride(), t.dtype, t.device) == key else t.detach()
+
+    def unpack(packed):
+        if packed is not recipe:
+            return packed
+        with torch.no_grad():
+            return recipe()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        yield

@@ -233,10 +233,14 @@ def adjoint_by_forward_scan(forward_scan, dy, delta, A, B, C, D, dlast=None):
     delta_rev[..., 1:] = delta[..., 1:].flip(-1)
     if bool((delta_rev < _SMALLEST_DELTA).any()):
         return None
-    out = scan_from_state(forward_scan, dy.flip(-1) / delta_rev, delta_rev, A, C.flip(-1), B.flip(-1), None, dlast,
-                          width=w)
+    u_rev = dy.flip(-1)
+    u_rev /= delta_rev  # in place: one [b, d, T] temporary fewer at the backward's peak
+    out = scan_from_state(forward_scan, u_rev, delta_rev, A, C.flip(-1), B.flip(-1), None, dlast, width=w)
+    del u_rev, delta_rev
     if out is None:
         return None
     y_rev, lambda_0 = out
-    du = torch.addcmul(dy * D[:, None].to(dy.dtype), delta, y_rev.flip(-1))
+    del out
+    du = dy * D[:, None].to(dy.dtype) if D is not None else torch.zeros_like(dy)
+    du.addcmul_(delta, y_rev.flip(-1))
     return du, torch.exp(delta[..., :1] * A) * lambda_0

@@ -23,13 +23,17 @@ from transformers.models.mamba.modeling_mamba import MambaBlock, MambaMixer, Mam
 from .. import backends
 from ..backends import Backend
 from ..numerics import activation_dtype, linear, operand, project, upcast
-from ..recompute import recompute
+from ..recompute import recompute, recomputed, saved_by_recipe
 from ..rules import Rules, gate, rms_norm, silu, ssm
 from .base import Architecture, LayerSSM, PatchContext, Sizes
 
-#: floats per token, layer and inner channel that autograd keeps through one Mamba layer, rounded up
-#: from a measurement (benchmarks/results/constants.md)
-ACTIVATION_FLOATS = 10
+#: floats per token, layer and inner channel that autograd keeps through one Mamba layer (the scan's
+#: output y, the gate's z and the convolution's input), rounded up from a measurement
+#: (benchmarks/results/constants.md)
+ACTIVATION_FLOATS = 4
+#: floats per token and inner channel that recomputing one layer and running its backward hold at
+#: once, rounded up from a measurement (benchmarks/results/constants.md)
+LAYER_WORKSPACE_FLOATS = 16
 
 
 def norm_forward(norm, ctx: PatchContext):
@@ -68,24 +72,36 @@ def in_projection(mixer, hidden_states, attention_mask, precision="float32"):
 def ssm_parameters(mixer, xs, attention_mask, rules: Rules, backend: Backend, conv_history=None,
                    precision="float32"):
     """u, delta [b, d_inner, T]; A [d_inner, n]; B, C [b, n, T]; D [d_inner] from the conv input xs,
-    with the silu, norm and ssm rules applied. u, delta, B and C in xs' dtype (the activation dtype;
-    mamba-ssm's kernel takes them in one dtype), A and D float32. conv_history: the conv inputs
-    before xs (see `MixerState`)."""
+    with the silu, norm and ssm rules applied, and `delta_again()`, which computes delta once more
+    from what the layer keeps anyway (`recompute.saved_by_recipe`). u, delta, B and C in xs' dtype
+    (the activation dtype; mamba-ssm's kernel takes them in one dtype), A and D float32.
+    conv_history: the conv inputs before xs (see `MixerState`).
+
+    The convolution and its SiLU are recomputed in backward (`recompute.recomputed`): autograd keeps
+    xs for them, not also the SiLU's factor.
+    """
     act = xs.dtype
     weight, bias = operand(mixer.conv1d.weight, precision), operand(mixer.conv1d.bias, precision)
     history = None if conv_history is None else conv_history.to(weight.dtype)
-    conv = backend.conv1d(xs.to(weight.dtype), weight, bias, history).to(act)
-    u = _mask_channels(silu(conv, rules.silu), attention_mask)
 
+    def conv_silu(xs, history):
+        conv = backend.conv1d(xs.to(weight.dtype), weight, bias, history).to(act)
+        return _mask_channels(silu(conv, rules.silu), attention_mask)
+
+    u = recomputed(conv_silu, xs, history)
     dt, B, C = torch.split(project(mixer.x_proj.weight, None, u, precision, act),
                            [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], dim=1)
     if hasattr(mixer, "b_layernorm"):  # FalconMamba: weightless RMS norms over the features of dt, B, C
         dt, B, C = (rms_norm(t.transpose(1, 2), None, mixer.rms_eps, rules.norm).transpose(1, 2).to(act)
                     for t in (dt, B, C))
-    # softplus in float32, then rounded once to the activation dtype, as the scan reads it
-    delta = F.softplus(project(mixer.dt_proj.weight, None, dt, precision) + upcast(mixer.dt_proj.bias)[:, None])
+
+    def delta_of(dt):  # softplus in float32, then rounded once to the activation dtype, as the scan reads it
+        return F.softplus(project(mixer.dt_proj.weight, None, dt, precision)
+                          + upcast(mixer.dt_proj.bias)[:, None]).to(act)
+
+    kept_dt = dt.detach()
     A = -torch.exp(upcast(mixer.A_log))
-    return (u, *ssm(delta.to(act), A, B, C, upcast(mixer.D), rules.ssm))
+    return (u, *ssm(delta_of(dt), A, B, C, upcast(mixer.D), rules.ssm), lambda: delta_of(kept_dt))
 
 
 def selective_parameters(mixer, hidden_states, attention_mask, rules: Rules, backend: Backend):
@@ -95,7 +111,7 @@ def selective_parameters(mixer, hidden_states, attention_mask, rules: Rules, bac
     (the gate's pre-activation). `Mamba.scan_quantities` reads the same quantities for hidden attention.
     """
     xs, z = in_projection(mixer, hidden_states, attention_mask)
-    return (*ssm_parameters(mixer, xs, attention_mask, rules, backend), z)
+    return (*ssm_parameters(mixer, xs, attention_mask, rules, backend)[:-1], z)
 
 
 class MixerState(NamedTuple):
@@ -122,11 +138,12 @@ def mixer_core(mixer, hidden_states, attention_mask, rules: Rules, backend: Back
     here). The returned state is None on the CUDA backend, which cannot continue from one.
     """
     xs, z = in_projection(mixer, hidden_states, attention_mask, precision)
-    u, delta, A, B, C, D = ssm_parameters(mixer, xs, attention_mask, rules, backend,
-                                          None if state is None else state.conv, precision)
-    y, last = backend.scan(u, delta, A, B, C, D, memo=memo if rules.ssm else None,
-                           initial_state=None if state is None else state.ssm)
-    g = gate(y, silu(z, rules.silu), rules.gate)
+    u, delta, A, B, C, D, delta_again = ssm_parameters(mixer, xs, attention_mask, rules, backend,
+                                                       None if state is None else state.conv, precision)
+    with saved_by_recipe(delta, delta_again):  # the scan's backward gets delta from the kept dt
+        y, last = backend.scan(u, delta, A, B, C, D, memo=memo if rules.ssm else None,
+                               initial_state=None if state is None else state.ssm)
+    g = recomputed(lambda y, z: gate(y, silu(z, rules.silu), rules.gate), y, z)  # keeps y and z only
     b, d, T = g.shape  # g's time-major layout makes its token-major view [b T, d] free
     out = linear(g.transpose(1, 2).reshape(b * T, d), mixer.out_proj.weight, mixer.out_proj.bias, precision)
     out = out.view(b, T, -1)
@@ -166,7 +183,7 @@ mixer_forward = uncached_mixer_forward(
 def block_forward(block, ctx: PatchContext):
     """Replacement for `MambaBlock.forward`: float32 residual stream, optional recomputation
     (`ctx.checkpoint` = "device" keeps each layer's input on its device; "cpu" moves it to host memory
-    when the GPU could not also recompute a layer, ~ACTIVATION_FLOATS x d_inner floats per token)."""
+    when the GPU could not also recompute a layer, ~LAYER_WORKSPACE_FLOATS x d_inner floats per token)."""
     original = type(block).forward
     backend, checkpoint, slabs = ctx.backend, ctx.checkpoint, ctx.slabs
 
@@ -184,10 +201,9 @@ def block_forward(block, ctx: PatchContext):
         if checkpoint and torch.is_grad_enabled() and hidden_states.requires_grad:
             tile = backend.recompute_tile if backend.carries_state(ctx.rules.ssm) else None
             keep_free = None
-            if checkpoint == "cpu":  # room to recompute one layer (or tile), with a 1.5x margin
+            if checkpoint == "cpu":  # room to recompute one layer (or tile) and run its backward
                 tokens = hidden_states.shape[1] if tile is None else min(tile, hidden_states.shape[1])
-                keep_free = int(1.5 * hidden_states.shape[0] * tokens * ACTIVATION_FLOATS
-                                * block.mixer.intermediate_size * 4)
+                keep_free = hidden_states.shape[0] * tokens * LAYER_WORKSPACE_FLOATS * block.mixer.intermediate_size * 4
             return recompute(layer, hidden_states, keep_free, slabs, tile)
         return layer(hidden_states)[0]
 
