@@ -24,6 +24,7 @@ from transformers.models.mamba2.modeling_mamba2 import Mamba2Block, Mamba2Mixer,
 
 from ..backends import Backend
 from ..numerics import linear, operand, upcast
+from ..recompute import recomputed
 from ..rules import Rules, gate, rms_norm, silu, ssm
 from ..ssd import cuda_chunk_scan, kernel_ssd_scan, ssd_scan
 from .base import Architecture, PatchContext, Sizes
@@ -31,9 +32,9 @@ from .mamba import (
     MixerState, _last_inputs, _mask, backbone_forward, block_forward, norm_forward, uncached_mixer_forward,
 )
 
-#: floats per token, layer and inner channel that autograd keeps through one Mamba-2 layer: taken
-#: as Mamba-1's (the patched forward saves tensors of the same widths); not measured for Mamba-2
-ACTIVATION_FLOATS = 10
+#: floats per token, layer and inner channel that autograd keeps through one Mamba-2 layer, rounded
+#: up from a measurement on the PyTorch path (benchmarks/results/constants.md)
+ACTIVATION_FLOATS = 5
 #: the backend of callers that name none (hidden attention)
 _TORCH = Backend("torch")
 
@@ -54,8 +55,12 @@ def ssm_parameters(mixer, hidden_states, attention_mask, rules: Rules, conv_hist
     xBC = xBC.transpose(1, 2)
     weight, bias = operand(mixer.conv1d.weight, precision), operand(mixer.conv1d.bias, precision)
     history = None if conv_history is None else conv_history.to(weight.dtype)
-    conv = upcast(backend.conv1d(xBC.to(weight.dtype), weight, bias, history))
-    u = _mask(silu(conv, rules.silu).transpose(1, 2), attention_mask)
+
+    def conv_silu(xBC, history):  # recomputed in backward: autograd keeps xBC, not also the SiLU's factor
+        conv = upcast(backend.conv1d(xBC.to(weight.dtype), weight, bias, history))
+        return _mask(silu(conv, rules.silu).transpose(1, 2), attention_mask)
+
+    u = recomputed(conv_silu, xBC, history)
     gn = mixer.n_groups * mixer.ssm_state_size
     x, B, C = u.split([mixer.intermediate_size, gn, gn], dim=-1)
     lo, hi = mixer.time_step_limit
@@ -94,7 +99,7 @@ def mixer_core(mixer, hidden_states, attention_mask, rules: Rules, backend: Back
     x, dt, A, B, C, D, z, xBC = ssm_parameters(mixer, hidden_states, attention_mask, rules,
                                                None if state is None else state.conv, precision, backend)
     y, last = scan(mixer, x, dt, A, B, C, D, backend, None if state is None else state.ssm)
-    g = gated_norm(mixer.norm, y.flatten(2), z, rules)
+    g = recomputed(lambda y, z: gated_norm(mixer.norm, y, z, rules), y.flatten(2), z)  # keeps y and z only
     out = linear(g, mixer.out_proj.weight, mixer.out_proj.bias, precision)
     history = None if state is None else state.conv
     return out, MixerState(_last_inputs(xBC, history, mixer.conv_kernel_size), last)
