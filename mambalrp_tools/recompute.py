@@ -26,6 +26,8 @@ from typing import Callable
 
 import torch
 
+from .backends import free_gpu_memory
+
 
 class HostSlabs:
     """Host copies of the tensors kept from forward to backward, packed into large blocks.
@@ -58,7 +60,7 @@ def _keep(x: torch.Tensor, keep_free: int | None, slabs: HostSlabs | None = None
     `keep_free` bytes are free on its GPU."""
     if x.device.type == "cpu":
         return x.detach() if slabs is None else slabs.copy(x)
-    if keep_free is None or x.device.type != "cuda" or torch.cuda.mem_get_info(x.device)[0] >= keep_free + x.nbytes:
+    if keep_free is None or x.device.type != "cuda" or free_gpu_memory(x.device) >= keep_free + x.nbytes:
         return x.detach()
     host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
     return host.copy_(x, non_blocking=True)

@@ -159,11 +159,11 @@ def test_auto_batch_sizes_to_memory_and_cpu_cache(monkeypatch):
 
 def test_auto_batch_fills_half_the_free_gpu_memory():
     """On a GPU the batch follows the free memory, not the CPU caps: a 130m-sized model at 1,024 tokens
-    (24 x 1,536 inner channels) fits 42 path points in 130 GiB free, 3 under the CPU budget."""
+    (24 x 1,536 inner channels) fits 77 path points in 130 GiB free, 3 under the CPU budget."""
     elements, states = 1024 * 24 * 1536, 1536 * 16
     per_point = captum_methods.AUTO_BATCH_BYTES_PER_ELEMENT * elements
     free = 130 * 2**30
-    assert captum_methods.batch_fit(elements, states, "cuda", free) == free // 2 // per_point == 42
+    assert captum_methods.batch_fit(elements, states, "cuda", free) == free // 2 // per_point == 77
     assert captum_methods.batch_fit(elements, states, "cuda", per_point) == 0
     assert captum_methods.batch_fit(elements, states, "mps") == captum_methods.AUTO_BATCH_ELEMENTS // elements == 3
     assert captum_methods.batch_fit(elements, states, "cpu") == 1  # the L2 cap

@@ -90,3 +90,18 @@ def test_recomputed_runs_again_in_backward_with_the_same_gradient():
     with torch.no_grad():
         recomputed(region, a, b)
     assert len(calls) == 4  # without gradients: the plain call, nothing kept
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_free_gpu_memory_counts_the_allocators_unused_cache():
+    """A freed tensor stays in torch's cache, which the driver counts as taken: batches and the
+    checkpoint decision must see it as free."""
+    from mambalrp_tools.backends import free_gpu_memory
+
+    device = torch.device("cuda")
+    x = torch.empty(2**28, device=device)  # 1 GiB
+    del x
+    driver_free = torch.cuda.mem_get_info(device)[0]
+    assert free_gpu_memory(device) >= driver_free + 2**30

@@ -18,6 +18,7 @@ from transformers.models.mamba.modeling_mamba import MambaModel
 from transformers.models.mamba2.modeling_mamba2 import Mamba2Model
 
 from .. import backends
+from ..backends import free_gpu_memory
 from ..numerics import matmul_precision, resolve_precision
 from ..recompute import HostSlabs
 from ..rules import Rules
@@ -179,7 +180,7 @@ def _auto_checkpoint(seq_len, sizes: Sizes, device, pieces: bool = False, batch_
     kept = tokens * sizes.layers * sizes.hidden * 4
     if device.type != "cuda":
         return stored > CPU_ACTIVATION_BUDGET and "device"
-    free = torch.cuda.mem_get_info(device)[0]
+    free = free_gpu_memory(device)
     if stored < free / 2:
         return False
     return "device" if (1.25 if pieces else 4) * kept < free else "cpu"

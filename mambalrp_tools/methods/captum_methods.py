@@ -21,6 +21,7 @@ import torch
 from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
 
 from ..architectures import architecture_of
+from ..backends import free_gpu_memory
 from ..rules import Rules
 from .base import register
 
@@ -28,9 +29,9 @@ BASELINES = ("zero", "pad", "unk")
 #: "auto" batches (IG path points, SmoothGrad noisy copies) keep (points x tokens x layers x d_inner)
 #: per forward below this off the GPU: a few GB of activations (benchmarks/results/constants.md)
 AUTO_BATCH_ELEMENTS = 2**27
-#: bytes autograd keeps per such element (benchmarks/results/constants.md); on a GPU "auto" batches
-#: fill half of the free memory at this rate
-AUTO_BATCH_BYTES_PER_ELEMENT = 44
+#: bytes autograd keeps per such element, rounded up from a measurement (benchmarks/results/constants.md);
+#: on a GPU "auto" batches fill half of the free memory at this rate
+AUTO_BATCH_BYTES_PER_ELEMENT = 24
 #: on CPU also (points x d_inner x d_state) below this, so that the scan's per-step states stay in a
 #: core's L2 cache: larger batches run slower per point (benchmarks/results/constants.md)
 AUTO_BATCH_CPU_STATE_FLOATS = 2**15
@@ -123,7 +124,7 @@ def auto_batch(query, points: int) -> int:
     return 0: the caller applies its minimum); see `batch_fit`."""
     sizes = architecture_of(query.model).sizes(query.model)
     device = query.input_ids.device
-    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    free = free_gpu_memory(device) if device.type == "cuda" else None
     return min(points, batch_fit(query.seq_len * sizes.layers * sizes.inner, sizes.inner * sizes.state,
                                  device.type, free))
 

@@ -41,6 +41,7 @@ from typing import Iterator
 import torch
 
 from ..architectures import LayerSSM, architecture_of, eval_mode
+from ..backends import free_gpu_memory
 from ..rules import Rules
 from .base import Query, register
 
@@ -230,7 +231,7 @@ def budget_for(device, free_bytes: int | None = None) -> int:
     if device.type != "cuda":
         return BUDGET
     if free_bytes is None:
-        free_bytes = torch.cuda.mem_get_info(device)[0]
+        free_bytes = free_gpu_memory(device)
     return max(BUDGET, min(GPU_BUDGET, free_bytes // GPU_BUDGET_SHARE // 4))
 
 
