@@ -15,7 +15,7 @@ and allocating, faulting in and streaming them makes the time per token grow wit
 pieces it stays the same (measurements: benchmarks/results/constants.md).
 
 Inside a layer, two lighter tools keep autograd from storing what is cheap to compute again:
-`recomputed` (a small elementwise region, run again in backward) and `saved_by_recipe` (one
+`recomputed` (a cheap region, run again in backward) and `saved_by_recipe` (one
 tensor that autograd would keep, replaced by the function that gives it again).
 """
 
@@ -173,11 +173,11 @@ class _RunAgain(torch.autograd.Function):
 
 def recomputed(fn, *args):
     """fn(*args) -> one tensor, keeping only the tensors in args for backward, where fn runs again.
-    For regions whose intermediates cost more memory than time: elementwise work after a matmul or
-    a convolution. Without gradients it is fn(*args).
+    For regions whose intermediates cost more memory than time (a convolution and its SiLU, or a
+    projection from a narrower input). Without gradients it is fn(*args).
 
-    A custom Function rather than `torch.utils.checkpoint`: the package calls this twice per layer,
-    and checkpoint's per-call work made a 1,024-token explanation on an H200 take 0.100 s instead of
+    A custom Function rather than `torch.utils.checkpoint`: the package calls this in every layer,
+    and checkpoint's per-call work (two regions per layer) made a 1,024-token explanation on an H200 take 0.100 s instead of
     0.068 s (benchmarks/results/constants.md).
     """
     if not torch.is_grad_enabled() or not any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):

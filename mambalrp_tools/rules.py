@@ -2,7 +2,8 @@
 
 MambaLRP is Gradient x Input on a forward pass whose values are unchanged but whose gradient flow is
 rewritten at four places. Each rule is one small generic function below, which every architecture
-composes (Mamba-2's gated norm is `rms_norm(gate(y, silu(z)))`); `[v]` in the comments means "v is
+composes (Mamba-2's gated norm is `rms_norm(gate(y, silu(z)))`, computed as `rms_norm(gated_silu(y,
+z))`, the same gate in one autograd node that keeps less); `[v]` in the comments means "v is
 treated as a constant" (detached). Turning a rule off gives back the true gradient at that place.
 
 - identity rule, elementwise activation a * f(a):  a * [f(a)]        `identity`, `silu`
@@ -80,6 +81,36 @@ class _HalfProduct(torch.autograd.Function):
         y, g = ctx.saved_tensors
         half = 0.5 * grad
         return (half * g if ctx.needs_input_grad[0] else None), (half * y if ctx.needs_input_grad[1] else None)
+
+
+def gated_silu(y: torch.Tensor, z: torch.Tensor, rules: Rules) -> torch.Tensor:
+    """y * SiLU(z), the gate of a Mamba mixer, with the gate and silu rules as `rules` sets them: the
+    values and gradients of `gate(y, silu(z, rules.silu), rules.gate)` in one autograd node that
+    keeps only y and z (SiLU(z) and sigmoid(z) are computed again in backward: one float per channel
+    and token less than the composition keeps)."""
+    return _GatedSiLU.apply(y, z, rules.silu, rules.gate)
+
+
+class _GatedSiLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, z, silu_rule, gate_rule):
+        ctx.save_for_backward(y, z)
+        ctx.rules = silu_rule, gate_rule
+        return y * (z * torch.sigmoid(z) if silu_rule else F.silu(z))
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, z = ctx.saved_tensors
+        silu_rule, gate_rule = ctx.rules
+        if gate_rule:  # half of the product's relevance to each factor
+            grad = 0.5 * grad
+        dy = dz = None
+        if ctx.needs_input_grad[0]:
+            dy = grad * (z * torch.sigmoid(z) if silu_rule else F.silu(z))
+        if ctx.needs_input_grad[1]:
+            ds = grad * y  # the gradient reaching SiLU(z)
+            dz = ds.mul_(torch.sigmoid(z)) if silu_rule else torch.ops.aten.silu_backward(ds, z)
+        return dy, dz, None, None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, rule: bool) -> torch.Tensor:

@@ -223,6 +223,31 @@ def test_rule_functions_keep_values_and_rewrite_only_the_gradient():
     assert all(o is t for o, t in zip(rules.ssm(*params, None, False), params))
 
 
+@pytest.mark.parametrize("silu_rule", [True, False])
+@pytest.mark.parametrize("gate_rule", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_gated_silu_is_the_gate_of_silu_in_one_node(silu_rule, gate_rule, dtype):
+    """`gated_silu` (what the mixers use) has the values and gradients of the rule functions composed,
+    for every setting of the two rules, and keeps only y and z for backward."""
+    from mambalrp_tools import rules
+
+    g = torch.Generator().manual_seed(1)
+    y0, z0, seed = (torch.randn(4, 6, generator=g, dtype=dtype) * 3 for _ in range(3))
+    r = rules.Rules(silu=silu_rule, gate=gate_rule)
+    results = []
+    for fn in (lambda y, z: rules.gated_silu(y, z, r), lambda y, z: rules.gate(y, rules.silu(z, silu_rule), gate_rule)):
+        y, z = y0.clone().requires_grad_(), z0.clone().requires_grad_()
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = fn(y, z)
+        results.append((out.detach(), *torch.autograd.grad(out, (y, z), seed), len(saved)))
+    ours, composed = results
+    tol = dict(rtol=0, atol=0) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-6)
+    for a, b in zip(ours[:3], composed[:3]):
+        torch.testing.assert_close(a, b, **tol)
+    assert ours[3] == 2 and composed[3] > 2  # y and z, against y, SiLU(z) and sigmoid(z) (or z)
+
+
 def test_upcast_lives_in_numerics_and_keeps_its_old_import_path():
     from mambalrp_tools import numerics, rules
 

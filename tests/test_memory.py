@@ -35,10 +35,11 @@ def _measure(device, backend, arch):
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures the peak resident set through Linux's /proc")
 @pytest.mark.parametrize("arch,backend", [("mamba", "torch"), ("mamba", "emulated-cuda"), ("mamba2", "torch")])
 def test_explain_keeps_at_most_activation_floats_per_layer_on_cpu(arch, backend):
-    """Mamba-1: 3.1 floats measured on the kernel path (the scan's y, the gate's z, the convolution's
-    input, B and C), 3.2 on the PyTorch path; 6.1 before the gate and the convolution's SiLU were
-    recomputed in backward and delta from dt. Mamba-2 (PyTorch path): 4.4, 7.6 before. The lower
-    bound catches a measurement that no longer sees the tensors (memory reused, not given back)."""
+    """Mamba-1: 2.6 floats measured on the kernel path (the scan's y, the gate's z, in_proj's input x
+    of half the width, B and C), 2.7 on the PyTorch path; 6.1 before the gate, in_proj's convolution
+    half with the convolution and its SiLU were recomputed in backward and delta from dt. Mamba-2
+    (PyTorch path): 4.4, 7.6 before. The lower bound catches a measurement that no longer sees the
+    tensors (memory reused, not given back)."""
     result = _measure("cpu", backend, arch)
     assert 2.0 < result["floats_per_layer"] <= FLOATS[arch], result
 

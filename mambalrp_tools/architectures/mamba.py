@@ -24,13 +24,13 @@ from .. import backends
 from ..backends import Backend
 from ..numerics import activation_dtype, linear, operand, project, upcast
 from ..recompute import recompute, recomputed, saved_by_recipe
-from ..rules import Rules, gate, rms_norm, silu, ssm
+from ..rules import Rules, gated_silu, rms_norm, silu, ssm
 from .base import Architecture, LayerSSM, PatchContext, Sizes
 
 #: floats per token, layer and inner channel that autograd keeps through one Mamba layer (the scan's
-#: output y, the gate's z and the convolution's input), rounded up from a measurement
+#: output y, the gate's z and in_proj's input, half as wide), rounded up from a measurement
 #: (benchmarks/results/constants.md)
-ACTIVATION_FLOATS = 4
+ACTIVATION_FLOATS = 3
 #: floats per token and inner channel that recomputing one layer and running its backward hold at
 #: once, rounded up from a measurement (benchmarks/results/constants.md)
 LAYER_WORKSPACE_FLOATS = 16
@@ -56,39 +56,50 @@ def _mask_channels(x, attention_mask):
 
 
 def in_projection(mixer, hidden_states, attention_mask, precision="float32"):
-    """xs (the convolution's input) and z (the gate's pre-activation), [b, d_inner, T] each, time-major
-    (`numerics.project`), in the activation dtype (`numerics.activation_dtype`).
+    """x, the masked input [b, hidden, T] of in_proj (at least float32, a view: time-major), and z = the
+    gate's pre-activation [b, d_inner, T], time-major (`numerics.project`), in the activation dtype
+    (`numerics.activation_dtype`). `conv_input(mixer, x)` gives the other half of in_proj's rows, the
+    convolution's input. (x stays float32 under precision="model": each matmul rounds it to bf16
+    itself, and the gradients of its two uses add up in float32.)"""
+    x = _mask(upcast(hidden_states), attention_mask).transpose(1, 2)  # [b, hidden, T]
+    d = mixer.intermediate_size
+    return x, _in_proj_rows(mixer, x, slice(d, None), precision)
 
-    Two matmuls of half the rows, not one split in two: autograd's backward of a split concatenates
-    the halves' gradients, a copy of [b, 2 d_inner, T] per layer.
+
+def conv_input(mixer, x, precision="float32"):
+    """xs = in_proj's first d_inner rows applied to `in_projection`'s x: [b, d_inner, T]."""
+    return _in_proj_rows(mixer, x, slice(None, mixer.intermediate_size), precision)
+
+
+def _in_proj_rows(mixer, x, rows, precision):
+    # two matmuls of half the rows, not one split in two: autograd's backward of a split concatenates
+    # the halves' gradients, a copy of [b, 2 d_inner, T] per layer
+    weight, bias = mixer.in_proj.weight, mixer.in_proj.bias
+    act = activation_dtype(weight.dtype, precision)
+    return project(weight[rows], None if bias is None else bias[rows], x, precision, act)
+
+
+def ssm_parameters(mixer, x, attention_mask, rules: Rules, backend: Backend, conv_history=None,
+                   precision="float32"):
+    """u, delta [b, d_inner, T]; A [d_inner, n]; B, C [b, n, T]; D [d_inner] from in_proj's input x
+    (`in_projection`), with the silu, norm and ssm rules applied, and `delta_again()`, which computes
+    delta once more from what the layer keeps anyway (`recompute.saved_by_recipe`). u, delta, B and
+    C in the activation dtype (mamba-ssm's kernel takes them in one dtype), A and D float32.
+    conv_history: the conv inputs before x's tokens (see `MixerState`).
+
+    in_proj's convolution half, the convolution and its SiLU are recomputed in backward
+    (`recompute.recomputed`): autograd keeps x (hidden = d_inner / 2 floats per token) for them, not
+    the convolution's input and the SiLU's factor (2 d_inner).
     """
     act = activation_dtype(mixer.in_proj.weight.dtype, precision)
-    x = _mask(upcast(hidden_states), attention_mask).transpose(1, 2)  # [b, hidden, T]
-    weight, bias, d = mixer.in_proj.weight, mixer.in_proj.bias, mixer.intermediate_size
-    return tuple(project(weight[rows], None if bias is None else bias[rows], x, precision, act)
-                 for rows in (slice(None, d), slice(d, None)))
-
-
-def ssm_parameters(mixer, xs, attention_mask, rules: Rules, backend: Backend, conv_history=None,
-                   precision="float32"):
-    """u, delta [b, d_inner, T]; A [d_inner, n]; B, C [b, n, T]; D [d_inner] from the conv input xs,
-    with the silu, norm and ssm rules applied, and `delta_again()`, which computes delta once more
-    from what the layer keeps anyway (`recompute.saved_by_recipe`). u, delta, B and C in xs' dtype
-    (the activation dtype; mamba-ssm's kernel takes them in one dtype), A and D float32.
-    conv_history: the conv inputs before xs (see `MixerState`).
-
-    The convolution and its SiLU are recomputed in backward (`recompute.recomputed`): autograd keeps
-    xs for them, not also the SiLU's factor.
-    """
-    act = xs.dtype
     weight, bias = operand(mixer.conv1d.weight, precision), operand(mixer.conv1d.bias, precision)
     history = None if conv_history is None else conv_history.to(weight.dtype)
 
-    def conv_silu(xs, history):
-        conv = backend.conv1d(xs.to(weight.dtype), weight, bias, history).to(act)
+    def conv_silu(x, history):
+        conv = backend.conv1d(conv_input(mixer, x, precision).to(weight.dtype), weight, bias, history).to(act)
         return _mask_channels(silu(conv, rules.silu), attention_mask)
 
-    u = recomputed(conv_silu, xs, history)
+    u = recomputed(conv_silu, x, history)
     dt, B, C = torch.split(project(mixer.x_proj.weight, None, u, precision, act),
                            [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], dim=1)
     if hasattr(mixer, "b_layernorm"):  # FalconMamba: weightless RMS norms over the features of dt, B, C
@@ -110,8 +121,8 @@ def selective_parameters(mixer, hidden_states, attention_mask, rules: Rules, bac
     Returns u, delta [b, d_inner, T]; A [d_inner, n]; B, C [b, n, T]; D [d_inner]; z [b, d_inner, T]
     (the gate's pre-activation). `Mamba.scan_quantities` reads the same quantities for hidden attention.
     """
-    xs, z = in_projection(mixer, hidden_states, attention_mask)
-    return (*ssm_parameters(mixer, xs, attention_mask, rules, backend)[:-1], z)
+    x, z = in_projection(mixer, hidden_states, attention_mask)
+    return (*ssm_parameters(mixer, x, attention_mask, rules, backend)[:-1], z)
 
 
 class MixerState(NamedTuple):
@@ -137,20 +148,21 @@ def mixer_core(mixer, hidden_states, attention_mask, rules: Rules, backend: Back
     sequence from where an earlier call on its preceding tokens ended (None: the sequence starts
     here). The returned state is None on the CUDA backend, which cannot continue from one.
     """
-    xs, z = in_projection(mixer, hidden_states, attention_mask, precision)
-    u, delta, A, B, C, D, delta_again = ssm_parameters(mixer, xs, attention_mask, rules, backend,
+    x, z = in_projection(mixer, hidden_states, attention_mask, precision)
+    u, delta, A, B, C, D, delta_again = ssm_parameters(mixer, x, attention_mask, rules, backend,
                                                        None if state is None else state.conv, precision)
     with saved_by_recipe(delta, delta_again):  # the scan's backward gets delta from the kept dt
         y, last = backend.scan(u, delta, A, B, C, D, memo=memo if rules.ssm else None,
                                initial_state=None if state is None else state.ssm)
-    g = recomputed(lambda y, z: gate(y, silu(z, rules.silu), rules.gate), y, z)  # keeps y and z only
+    g = gated_silu(y, z, rules)
     b, d, T = g.shape  # g's time-major layout makes its token-major view [b T, d] free
     out = linear(g.transpose(1, 2).reshape(b * T, d), mixer.out_proj.weight, mixer.out_proj.bias, precision)
     out = out.view(b, T, -1)
     if last is None:
         return out, None
-    history = None if state is None else state.conv
-    return out, MixerState(_last_inputs(xs, history, mixer.conv1d.weight.shape[-1]), last)
+    history, k = (None if state is None else state.conv), mixer.conv1d.weight.shape[-1]
+    tail = conv_input(mixer, x[..., -(k - 1):], precision)  # the last k - 1 convolution inputs
+    return out, MixerState(_last_inputs(tail, history, k), last)
 
 
 def uncached_mixer_forward(core):

@@ -25,7 +25,7 @@ from transformers.models.mamba2.modeling_mamba2 import Mamba2Block, Mamba2Mixer,
 from ..backends import Backend
 from ..numerics import linear, operand, upcast
 from ..recompute import recomputed
-from ..rules import Rules, gate, rms_norm, silu, ssm
+from ..rules import Rules, gated_silu, rms_norm, silu, ssm
 from ..ssd import cuda_chunk_scan, kernel_ssd_scan, ssd_scan
 from .base import Architecture, PatchContext, Sizes
 from .mamba import (
@@ -76,7 +76,7 @@ def ssm_parameters(mixer, hidden_states, attention_mask, rules: Rules, conv_hist
 def gated_norm(norm, y, z, rules: Rules):
     """transformers' `MambaRMSNormGated`: RMS-normalise y * SiLU(z) per group of channels, times weight
     (gate rule on the product, silu rule on SiLU(z), norm rule on the normaliser)."""
-    g = gate(y, silu(z, rules.silu), rules.gate)
+    g = gated_silu(y, z, rules)
     # transformers before 5.2x normalised over all channels at once (no `group_size`): follow the
     # installed version, whose forward is the one being explained
     grouped = g.unflatten(-1, (-1, getattr(norm, "group_size", norm.weight.shape[-1])))
@@ -99,7 +99,7 @@ def mixer_core(mixer, hidden_states, attention_mask, rules: Rules, backend: Back
     x, dt, A, B, C, D, z, xBC = ssm_parameters(mixer, hidden_states, attention_mask, rules,
                                                None if state is None else state.conv, precision, backend)
     y, last = scan(mixer, x, dt, A, B, C, D, backend, None if state is None else state.ssm)
-    g = recomputed(lambda y, z: gated_norm(mixer.norm, y, z, rules), y.flatten(2), z)  # keeps y and z only
+    g = gated_norm(mixer.norm, y.flatten(2), z, rules)
     out = linear(g, mixer.out_proj.weight, mixer.out_proj.bias, precision)
     history = None if state is None else state.conv
     return out, MixerState(_last_inputs(xBC, history, mixer.conv_kernel_size), last)
