@@ -78,9 +78,22 @@ def _last_error_line(log: Path) -> str:
     return (errors or lines or [""])[-1][:500]
 
 
+#: what papermill reports when the kernel exits before it answers: nothing ran (in parallel runs, a
+#: port another kernel took as this one started), so the notebook starts once more
+KERNEL_DIED_AT_START = "Kernel died before replying to kernel_info"
+
+
 def run_notebook(path: Path, run_dir: Path, parameters: dict, *, cell_timeout: int, start_timeout: int,
                  notebook_timeout: float, kernel: str = "python3") -> NotebookRun:
-    """Execute one notebook with papermill in a child process; never raises for a notebook failure."""
+    """Execute one notebook with papermill in a child process; never raises for a notebook failure.
+    A kernel that dies before it answers is started once more (`KERNEL_DIED_AT_START`)."""
+    run = _run_once(path, run_dir, parameters, cell_timeout, start_timeout, notebook_timeout, kernel)
+    if run.status == "failed" and KERNEL_DIED_AT_START in run.error:
+        run = _run_once(path, run_dir, parameters, cell_timeout, start_timeout, notebook_timeout, kernel)
+    return run
+
+
+def _run_once(path, run_dir, parameters, cell_timeout, start_timeout, notebook_timeout, kernel) -> NotebookRun:
     path, run_dir = Path(path).resolve(), Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     executed, log = run_dir / path.name, run_dir / f"{path.stem}.log"

@@ -120,6 +120,35 @@ def test_a_failing_or_hung_notebook_is_named_and_the_run_goes_on(tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_a_kernel_that_dies_at_start_is_started_once_more(tmp_path, monkeypatch):
+    """A kernel that exits before it answers (as one whose port another kernel took can) has run
+    nothing: the notebook starts again, once. A kernel that always dies fails the notebook."""
+    import json
+    import sys
+
+    def kernelspec(name, launcher):
+        spec = tmp_path / "kernels" / name
+        spec.mkdir(parents=True)
+        (spec / "kernel.json").write_text(json.dumps({
+            "argv": [sys.executable, "-c", launcher, "-f", "{connection_file}"], "display_name": name,
+            "language": "python"}))
+
+    marker = tmp_path / "died-once"
+    kernelspec("dies-once", f"import pathlib, sys\nm = pathlib.Path({str(marker)!r})\n"
+                            "if not m.exists():\n    m.touch(); sys.exit(1)\n"
+                            "from ipykernel import kernelapp; kernelapp.launch_new_instance()")
+    kernelspec("always-dies", "import sys; sys.exit(1)")
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    book = _notebook(tmp_path / "one.ipynb", "FIGURES_DIR = ''", "x = 1 + 1")
+    kw = dict(cell_timeout=60, start_timeout=30, notebook_timeout=100)
+    params = {"FIGURES_DIR": str(tmp_path)}
+    again = run_notebook(book, tmp_path / "run", params, kernel="dies-once", **kw)
+    assert marker.exists() and again.status == "ok", again.error
+    dead = run_notebook(book, tmp_path / "run", params, kernel="always-dies", **kw)
+    assert dead.status == "failed" and "Kernel died before replying to kernel_info" in dead.error, dead.error
+
+
+@pytest.mark.timeout(120)
 def test_widget_cells_do_not_use_nbclients_output_widget_mimic(tmp_path, monkeypatch):
     """nbclient issue 312: while a cell runs, writing into an Output widget (`with out: ...`) makes nbclient
     send comm messages on the shell socket it is waiting on, which can lose the cell's reply. Our
