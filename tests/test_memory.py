@@ -106,3 +106,24 @@ def test_free_gpu_memory_counts_the_allocators_unused_cache():
     del x
     driver_free = torch.cuda.mem_get_info(device)[0]
     assert free_gpu_memory(device) >= driver_free + 2**30
+
+
+def test_only_layers_that_are_not_recomputed_keep_less(monkeypatch):
+    """A layer recomputed in backward (checkpoint) runs its backward right after the recomputation:
+    recomputing inside it too would cost time and save nothing, so it computes everything once."""
+    from conftest import tiny_model
+
+    import mambalrp_tools as mlt
+    from mambalrp_tools.architectures import mamba as mamba_file
+
+    calls = []
+    original = mamba_file.recomputed
+    monkeypatch.setattr(mamba_file, "recomputed", lambda fn, *a: calls.append(1) or original(fn, *a))
+    model = tiny_model("mamba", zero_biases=True)
+    ids = torch.randint(0, 50, (2, 24), generator=torch.Generator().manual_seed(0))
+    kept = mlt.explain(model, ids, target=3, checkpoint=False)
+    assert len(calls) == model.config.num_hidden_layers
+    calls.clear()
+    again = mlt.explain(model, ids, target=3, checkpoint="device")
+    assert not calls
+    torch.testing.assert_close(again.relevance, kept.relevance, rtol=1e-5, atol=1e-6)

@@ -10,6 +10,7 @@ a bfloat16 model's activations in bfloat16 (`numerics`).
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -80,16 +81,16 @@ def _in_proj_rows(mixer, x, rows, precision):
 
 
 def ssm_parameters(mixer, x, attention_mask, rules: Rules, backend: Backend, conv_history=None,
-                   precision="float32"):
+                   precision="float32", keep_less=True):
     """u, delta [b, d_inner, T]; A [d_inner, n]; B, C [b, n, T]; D [d_inner] from in_proj's input x
     (`in_projection`), with the silu, norm and ssm rules applied, and `delta_again()`, which computes
     delta once more from what the layer keeps anyway (`recompute.saved_by_recipe`). u, delta, B and
     C in the activation dtype (mamba-ssm's kernel takes them in one dtype), A and D float32.
     conv_history: the conv inputs before x's tokens (see `MixerState`).
 
-    in_proj's convolution half, the convolution and its SiLU are recomputed in backward
-    (`recompute.recomputed`): autograd keeps x (hidden = d_inner / 2 floats per token) for them, not
-    the convolution's input and the SiLU's factor (2 d_inner).
+    With `keep_less`, in_proj's convolution half, the convolution and its SiLU are recomputed in
+    backward (`recompute.recomputed`): autograd keeps x (hidden = d_inner / 2 floats per token) for
+    them, not the convolution's input and the SiLU's factor (2 d_inner).
     """
     act = activation_dtype(mixer.in_proj.weight.dtype, precision)
     weight, bias = operand(mixer.conv1d.weight, precision), operand(mixer.conv1d.bias, precision)
@@ -99,7 +100,7 @@ def ssm_parameters(mixer, x, attention_mask, rules: Rules, backend: Backend, con
         conv = backend.conv1d(conv_input(mixer, x, precision).to(weight.dtype), weight, bias, history).to(act)
         return _mask_channels(silu(conv, rules.silu), attention_mask)
 
-    u = recomputed(conv_silu, x, history)
+    u = recomputed(conv_silu, x, history) if keep_less else conv_silu(x, history)
     dt, B, C = torch.split(project(mixer.x_proj.weight, None, u, precision, act),
                            [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], dim=1)
     if hasattr(mixer, "b_layernorm"):  # FalconMamba: weightless RMS norms over the features of dt, B, C
@@ -147,11 +148,16 @@ def mixer_core(mixer, hidden_states, attention_mask, rules: Rules, backend: Back
     `memo`: the layer's `recompute.Memo` when it is recomputed in backward. `state`: continue a
     sequence from where an earlier call on its preceding tokens ended (None: the sequence starts
     here). The returned state is None on the CUDA backend, which cannot continue from one.
+
+    Outside a recomputed layer the layer keeps less for backward and computes the rest again there
+    (`ssm_parameters`' keep_less; delta from dt). A recomputed layer (memo given) runs its backward
+    right after its recomputation, so it keeps everything: recomputing inside it would save no memory.
     """
+    keep_less = memo is None
     x, z = in_projection(mixer, hidden_states, attention_mask, precision)
     u, delta, A, B, C, D, delta_again = ssm_parameters(mixer, x, attention_mask, rules, backend,
-                                                       None if state is None else state.conv, precision)
-    with saved_by_recipe(delta, delta_again):  # the scan's backward gets delta from the kept dt
+                                                       None if state is None else state.conv, precision, keep_less)
+    with saved_by_recipe(delta, delta_again) if keep_less else contextlib.nullcontext():
         y, last = backend.scan(u, delta, A, B, C, D, memo=memo if rules.ssm else None,
                                initial_state=None if state is None else state.ssm)
     g = gated_silu(y, z, rules)
