@@ -21,7 +21,6 @@ RECOMPUTE_TILE = 512
 RECOMPUTE_TILE_CUDA = 16384
 
 
-@functools.lru_cache(maxsize=None)
 def free_gpu_memory(device: torch.device) -> int:
     """Bytes a new tensor can get on a CUDA device: the driver's free memory plus what torch's caching
     allocator holds without using it (after a large explanation that cache would otherwise count as
@@ -29,6 +28,7 @@ def free_gpu_memory(device: torch.device) -> int:
     return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
+@functools.lru_cache(maxsize=None)
 def cuda_kernels():
     """(selective_scan_fn, causal_conv1d_fn) from mamba-ssm / causal-conv1d, or None if not installed."""
     try:

@@ -93,6 +93,22 @@ def test_recomputed_runs_again_in_backward_with_the_same_gradient():
     assert len(calls) == 4  # without gradients: the plain call, nothing kept
 
 
+@pytest.mark.timeout(60)
+def test_free_gpu_memory_follows_the_device_at_every_call(monkeypatch):
+    """The driver's free bytes plus torch's reserved-but-unused ones, read anew at every call (the
+    numbers change as explanations allocate); on a CPU the three CUDA queries are stand-ins."""
+    from mambalrp_tools.backends import free_gpu_memory
+
+    state = {"free": 100, "reserved": 40, "allocated": 30}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (state["free"], 1000))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: state["reserved"])
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: state["allocated"])
+    device = torch.device("cuda", 0)
+    assert free_gpu_memory(device) == 110
+    state.update(free=50, reserved=80)
+    assert free_gpu_memory(device) == 100
+
+
 @pytest.mark.gpu
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
