@@ -96,7 +96,7 @@ class _GatedSiLU(torch.autograd.Function):
     def forward(ctx, y, z, silu_rule, gate_rule):
         ctx.save_for_backward(y, z)
         ctx.rules = silu_rule, gate_rule
-        return y * (z * torch.sigmoid(z) if silu_rule else F.silu(z))
+        return y * silu(z, silu_rule)
 
     @staticmethod
     def backward(ctx, grad):
@@ -106,7 +106,7 @@ class _GatedSiLU(torch.autograd.Function):
             grad = 0.5 * grad
         dy = dz = None
         if ctx.needs_input_grad[0]:
-            dy = grad * (z * torch.sigmoid(z) if silu_rule else F.silu(z))
+            dy = grad * silu(z, silu_rule)
         if ctx.needs_input_grad[1]:
             ds = grad * y  # the gradient reaching SiLU(z)
             dz = ds.mul_(torch.sigmoid(z)) if silu_rule else torch.ops.aten.silu_backward(ds, z)

@@ -240,7 +240,6 @@ def adjoint_by_forward_scan(forward_scan, dy, delta, A, B, C, D, dlast=None):
     if out is None:
         return None
     y_rev, lambda_0 = out
-    del out
     du = dy * D[:, None].to(dy.dtype) if D is not None else torch.zeros_like(dy)
     du.addcmul_(delta, y_rev.flip(-1))
     return du, torch.exp(delta[..., :1] * A) * lambda_0

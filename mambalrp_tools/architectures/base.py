@@ -11,6 +11,7 @@ from typing import Callable, Mapping
 import torch
 
 from ..backends import Backend
+from ..numerics import activation_dtype
 from ..recompute import HostSlabs
 from ..rules import Rules
 
@@ -97,8 +98,7 @@ class Architecture:
     def activation_dtype(self, model, precision: str) -> torch.dtype:
         """The dtype of the activations the patched mixers keep (memory estimates): at least float32
         unless the architecture's file keeps them in the model's dtype (`numerics.activation_dtype`)."""
-        dtype = next(model.parameters()).dtype
-        return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        return activation_dtype(next(model.parameters()).dtype, "float32")
 
     def stages(self, model) -> list[tuple[str, list[torch.nn.Module]]]:
         """(name, modules) for the randomisation test, top down: head, final norm, last layer ... first
