@@ -176,6 +176,9 @@ def recomputed(fn, *args):
     For regions whose intermediates cost more memory than time (a convolution and its SiLU, or a
     projection from a narrower input). Without gradients it is fn(*args).
 
+    Gradients reach only the tensors in args: a tensor fn reads from elsewhere (a module's weight in
+    a closure) is a constant to it, so pass every weight that may need a gradient as an argument.
+
     A custom Function rather than `torch.utils.checkpoint`: the package calls this in every layer,
     and checkpoint's per-call work (two regions per layer) made a 1,024-token explanation on an H200 take 0.100 s instead of
     0.068 s (benchmarks/results/constants.md).

@@ -83,6 +83,9 @@ def lrp_mode(
     when even the layer inputs would crowd the GPU.
     `precision`: "float32" (default; exact), "tf32" (float32 with TF32 matmuls on CUDA) or "model"
     (matmuls, and where the architecture allows activations, in the model's dtype); see `numerics`.
+    Parameter gradients: with every rule off and no recomputed layers they are transformers' own (the
+    zoo trains through this forward); a recomputed layer (`checkpoint`) gives its input gradient
+    only. `explain` freezes the parameters anyway (`input_gradients_only`).
 
         with lrp_mode(model):
             emb = model.get_input_embeddings()(ids).detach().requires_grad_()

@@ -75,9 +75,13 @@ def conv_input(mixer, x, precision="float32"):
 def _in_proj_rows(mixer, x, rows, precision):
     # two matmuls of half the rows, not one split in two: autograd's backward of a split concatenates
     # the halves' gradients, a copy of [b, 2 d_inner, T] per layer
-    weight, bias = mixer.in_proj.weight, mixer.in_proj.bias
-    act = activation_dtype(weight.dtype, precision)
-    return project(weight[rows], None if bias is None else bias[rows], x, precision, act)
+    return project(*_rows(mixer.in_proj, rows), x, precision, activation_dtype(mixer.in_proj.weight.dtype, precision))
+
+
+def _rows(linear_layer, rows):
+    """(weight[rows], bias[rows] or None) of a linear layer."""
+    bias = linear_layer.bias
+    return linear_layer.weight[rows], None if bias is None else bias[rows]
 
 
 def ssm_parameters(mixer, x, attention_mask, rules: Rules, backend: Backend, conv_history=None,
@@ -95,12 +99,17 @@ def ssm_parameters(mixer, x, attention_mask, rules: Rules, backend: Backend, con
     act = activation_dtype(mixer.in_proj.weight.dtype, precision)
     weight, bias = operand(mixer.conv1d.weight, precision), operand(mixer.conv1d.bias, precision)
     history = None if conv_history is None else conv_history.to(weight.dtype)
+    rows = slice(None, mixer.intermediate_size)
 
-    def conv_silu(x, history):
-        conv = backend.conv1d(conv_input(mixer, x, precision).to(weight.dtype), weight, bias, history).to(act)
+    # every tensor that may need a gradient is an argument: `recomputed` differentiates only those
+    # (training through this forward needs the weights' gradients; explanations freeze them)
+    def conv_silu(x, history, in_weight, in_bias, conv_weight, conv_bias):
+        xs = project(in_weight, in_bias, x, precision, act)  # `conv_input`
+        conv = backend.conv1d(xs.to(conv_weight.dtype), conv_weight, conv_bias, history).to(act)
         return _mask_channels(silu(conv, rules.silu), attention_mask)
 
-    u = recomputed(conv_silu, x, history) if keep_less else conv_silu(x, history)
+    args = (x, history, *_rows(mixer.in_proj, rows), weight, bias)
+    u = recomputed(conv_silu, *args) if keep_less else conv_silu(*args)
     dt, B, C = torch.split(project(mixer.x_proj.weight, None, u, precision, act),
                            [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], dim=1)
     if hasattr(mixer, "b_layernorm"):  # FalconMamba: weightless RMS norms over the features of dt, B, C

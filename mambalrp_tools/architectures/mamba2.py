@@ -56,11 +56,13 @@ def ssm_parameters(mixer, hidden_states, attention_mask, rules: Rules, conv_hist
     weight, bias = operand(mixer.conv1d.weight, precision), operand(mixer.conv1d.bias, precision)
     history = None if conv_history is None else conv_history.to(weight.dtype)
 
-    def conv_silu(xBC, history):  # recomputed in backward: autograd keeps xBC, not also the SiLU's factor
-        conv = upcast(backend.conv1d(xBC.to(weight.dtype), weight, bias, history))
+    # recomputed in backward: autograd keeps xBC, not also the SiLU's factor; the weights are arguments
+    # so that `recomputed` also differentiates them when they need it (training through this forward)
+    def conv_silu(xBC, history, conv_weight, conv_bias):
+        conv = upcast(backend.conv1d(xBC.to(conv_weight.dtype), conv_weight, conv_bias, history))
         return _mask(silu(conv, rules.silu).transpose(1, 2), attention_mask)
 
-    u = recomputed(conv_silu, xBC, history)
+    u = recomputed(conv_silu, xBC, history, weight, bias)
     gn = mixer.n_groups * mixer.ssm_state_size
     x, B, C = u.split([mixer.intermediate_size, gn, gn], dim=-1)
     lo, hi = mixer.time_step_limit
