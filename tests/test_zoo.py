@@ -39,11 +39,13 @@ def test_package_engine_gives_transformers_parameter_gradients(arch):
     model = (mamba2_model(zero_biases=False) if arch == "mamba2" else tiny_model(arch)).double().train()
     ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
     labels = torch.randint(0, model.config.vocab_size, (2 * 12,), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding, as the training batches have
 
     def gradients(engine):
         model.zero_grad(set_to_none=True)
         with T.forward_context(model, engine):
-            logits = model.eval()(input_ids=ids).logits  # eval: transformers' training path is fused
+            logits = model.eval()(input_ids=ids, attention_mask=mask).logits  # eval: the training path is fused
         torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels).backward()
         return {name: p.grad for name, p in model.named_parameters()}
 
