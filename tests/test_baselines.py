@@ -125,9 +125,10 @@ def test_ig_token_baselines(model, ids):
 
 
 def test_ig_internal_batch_size(model, ids):
-    """Chunking the path (as Captum does with internal_batch_size) changes nothing but memory."""
+    """Chunking the path (as Captum does with internal_batch_size) changes nothing but memory, down to
+    one path point per sample at a time (size 2 for these 2 samples)."""
     full = mlt.explain(model, ids, method="ig", n_steps=10, internal_batch_size=None).relevance
-    for size in (4, "auto"):
+    for size in (2, 4, "auto"):
         chunked = mlt.explain(model, ids, method="ig", n_steps=10, internal_batch_size=size).relevance
         torch.testing.assert_close(chunked, full, rtol=1e-4, atol=1e-5 * float(full.abs().max()))
 
@@ -149,7 +150,7 @@ def test_auto_batch_sizes_to_memory_and_cpu_cache(monkeypatch):
                         lambda self, inputs, **kw: seen.update(kw) or torch.zeros_like(inputs))
     big = tiny_model("mamba", layers=1, hidden_size=768, state_size=16)
     mlt.explain(big, torch.zeros(3, 12, dtype=torch.long), target=0, method="ig", n_steps=50)
-    assert seen["internal_batch_size"] == 6  # Captum's minimum: two path points of each of 3 samples
+    assert seen["internal_batch_size"] == 3  # Captum's minimum: one path point of each of the 3 samples
     monkeypatch.setattr(NoiseTunnel, "attribute", lambda self, inputs, **kw: seen.update(kw) or torch.zeros_like(inputs))
     mlt.explain(big, torch.zeros(1, 12, dtype=torch.long), target=0, method="smoothgrad")
     assert seen["nt_samples_batch_size"] == 1

@@ -64,12 +64,12 @@ def integrated_gradients(query, n_steps: int = 50, baseline="zero", baseline_tok
         embeddings [B, T, H] (e.g. [H] or [T, H]).
     internal_batch_size: how many of the n_steps * B path points run through the model at once:
         "auto" (default) sizes it to the model, the input length and the device (see `auto_batch`),
-        None runs all at once; Captum runs at least 2 steps of every sample together.
+        None runs all at once; Captum runs at least one step of every sample together (B points).
     """
     query.resolve()
     if internal_batch_size == "auto":
         batch = query.input_ids.shape[0]
-        internal_batch_size = max(2 * batch, auto_batch(query, int(n_steps) * batch))
+        internal_batch_size = max(batch, auto_batch(query, int(n_steps) * batch))
     embeds = query.embeddings()
     base = baseline_embeddings(query.model, query.input_ids, embeds, baseline, baseline_token_id)
     with query.patched(Rules.none()):
