@@ -18,10 +18,6 @@ from mambalrp_tools.methods.hidden_attention import capture_layers, hidden_atten
 from mambalrp_tools.ssd import cuda_chunk_scan, kernel_ssd_scan, reference_ssd, ssd_scan
 
 pytestmark = pytest.mark.timeout(120)
-#: transformers' own Mamba-2 forward runs on CPU only without mamba-ssm (with it, it sends CPU tensors
-#: to the CUDA kernels); the tests that compare against it need that
-hf_cpu_forward = pytest.mark.skipif(cuda_chunk_scan() is not None,
-                                    reason="with mamba-ssm installed, transformers' Mamba-2 forward on CPU calls its CUDA kernels")
 RULES = ("silu", "ssm", "gate", "norm")
 ALL_OFF = {r: False for r in RULES}
 VOCAB = 97
@@ -197,7 +193,6 @@ def test_conserves_with_left_padding():
     torch.testing.assert_close(expl.relevance[1, 19:], alone.relevance[0], rtol=1e-4, atol=1e-6)
 
 
-@hf_cpu_forward
 @pytest.mark.parametrize("padded", [False, True])
 def test_forward_equals_transformers(padded):
     model = mamba2_model(2, zero_biases=False)
@@ -242,7 +237,6 @@ def test_each_rule_flag_changes_relevance():
         assert rel_max_diff(only_on, all_off) > 1e-3, f"turning only {rule} on changed nothing"
 
 
-@hf_cpu_forward
 def test_all_rules_off_equals_gradient_x_input_by_hand():
     model = mamba2_model(5, zero_biases=False)
     ids = ids_for(2, 2, 23)
@@ -329,7 +323,6 @@ def test_baselines_run_on_mamba2(method):
         torch.testing.assert_close(rows.sum(-1), torch.ones(2), rtol=1e-5, atol=1e-5)  # "abs" rows sum to 1
 
 
-@hf_cpu_forward
 def test_integrated_gradients_equals_captum_on_the_unpatched_model():
     """IG through the patched chunked scan (rules off) equals Captum's IG on transformers' own forward."""
     from captum.attr import IntegratedGradients
