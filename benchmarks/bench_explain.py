@@ -13,8 +13,10 @@ Every measurement runs in a fresh worker process, so each peak memory (process R
     /own fwd   the same / this package's forward (rules off) under no_grad
     /HF GxI    the same / transformers' Gradient x Input (forward + backward, weight grads included)
 
---paired adds, per length, mambalrp / HF fwd with both run alternately in one process (the fastest
-of PAIRED_REPEATS each), which a machine shared with other jobs disturbs far less than separate workers.
+--paired adds, per length and method, the method / HF fwd with both run alternately in one process
+(the fastest of PAIRED_REPEATS each), which a machine shared with other jobs disturbs far less than
+separate workers. On a GPU it matters most for short inputs: a 1 x 1,024 forward is bound by launch
+latency and host speed, and measured 0.016 s in one call and 0.031 s in another on the same H200.
 """
 
 from __future__ import annotations
@@ -93,8 +95,9 @@ def worker(kind: str, args) -> dict:
             mlt.explain(model, ids, target=0, method=method, checkpoint=ck, **kwargs, **extra)
 
     gpu = device.startswith("cuda")
-    if kind == "paired":
-        best = {"hf_forward": float("inf"), "mambalrp": float("inf")}
+    if kind.startswith("paired:"):
+        method = kind.split(":", 1)[1]
+        best = {"hf_forward": float("inf"), method: float("inf")}
         for k in best:  # warm up both paths
             run(k)
         for _ in range(PAIRED_REPEATS):
@@ -106,7 +109,7 @@ def worker(kind: str, args) -> dict:
                 if gpu:
                     torch.cuda.synchronize()
                 best[k] = min(best[k], time.perf_counter() - start)
-        return {"seconds": best["mambalrp"], "hf_seconds": best["hf_forward"], "ratio": best["mambalrp"] / best["hf_forward"]}
+        return {"seconds": best[method], "hf_seconds": best["hf_forward"], "ratio": best[method] / best["hf_forward"]}
     repeats = 1
     if gpu:  # warm up kernels and the allocator, then time the median of 3
         if T * args.batch <= 65536:
@@ -180,8 +183,9 @@ def parser():
     p.add_argument("--checkpoint", default="auto", help="auto | off | device | cpu (explain's layer recomputation)")
     p.add_argument("--timeout", type=int, default=1800)
     p.add_argument("--json", help="also write the rows to this file")
-    p.add_argument("--paired", action="store_true", help="also time mambalrp and HF forward alternately in one process")
-    p.add_argument("--worker", choices=REFERENCES + tuple(METHODS) + ("paired",), help=argparse.SUPPRESS)
+    p.add_argument("--paired", action="store_true", help="also time each method and HF forward alternately in one process")
+    p.add_argument("--worker", choices=REFERENCES + tuple(METHODS) + tuple(f"paired:{m}" for m in METHODS),
+                   help=argparse.SUPPRESS)
     return p
 
 
@@ -214,10 +218,12 @@ def main():
             r = {"T": T, "batch": args.batch, "method": name, "result": measure(name, T, args), **ref}
             rows.append(r)
             print("| " + " | ".join(str(c) for c in _cells(r)) + " |", flush=True)
-        if args.paired:
-            pr = measure("paired", T, args)
-            rows.append({"T": T, "batch": args.batch, "method": "paired", "result": pr})
-            print(f"# paired in one process, T={T}: mambalrp / HF fwd = "
+        for name in args.methods if args.paired else ():
+            if name != "mambalrp" and T > args.method_max:
+                continue
+            pr = measure(f"paired:{name}", T, args)
+            rows.append({"T": T, "batch": args.batch, "method": f"paired:{name}", "result": pr})
+            print(f"# paired in one process, T={T}: {name} / HF fwd = "
                   + (f"{pr['ratio']:.2f}x ({pr['seconds']:.3g} s / {pr['hf_seconds']:.3g} s)" if "ratio" in pr else pr["error"]),
                   flush=True)
     timed = [(r["T"], r["result"]["seconds"]) for r in rows if r["method"] == "mambalrp" and "seconds" in r["result"]]

@@ -2,6 +2,7 @@
 
     python benchmarks/precision_agreement.py --device cuda --size 1.4b --dtype bfloat16 --length 2048
     python benchmarks/precision_agreement.py --toy toy/needle --length 1024 --samples 16   # a trained model
+    python benchmarks/precision_agreement.py --device cuda --toy toy/needle --method integrated_gradients
 
 A random model (`--arch`, `--size`, random token ids, target token 0), or with `--toy` an embedded
 trained model cast to `--dtype`, on examples of its own task (its target tokens).
@@ -9,6 +10,10 @@ trained model cast to `--dtype`, on examples of its own task (its target tokens)
 Prints, per precision, the conservation error |sum R - f| / |f|, the same relative to sum |R|, and
 the agreement with the float32 relevance (Pearson r over tokens, overlap of the 10 most relevant
 tokens), each averaged over `--samples` random inputs, plus the seconds per explanation.
+
+`--method integrated_gradients` (50 steps) compares with f - f(baseline) instead of f and adds a
+row "float32, N steps" (`--reference-steps`): how far IG's own integration error moves its
+relevance, the yardstick for how much a precision's rounding matters to it.
 """
 
 from __future__ import annotations
@@ -34,10 +39,17 @@ def main():
     p.add_argument("--length", type=int, default=2048)
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--toy", help="an embedded trained model (toy/needle, toy/sentiment, ...) instead of a random one")
+    p.add_argument("--method", default="mambalrp", choices=("mambalrp", "integrated_gradients"))
+    p.add_argument("--reference-steps", type=int, default=400, help="integrated_gradients: the finer integration to compare with")
     p.add_argument("--json")
     args = p.parse_args()
-    rows = {prec: {"conservation": [], "conservation_abs": [], "pearson": [], "top10": [], "seconds": []}
-            for prec in PRECISIONS}
+    # (precision, explain's keyword arguments) per row; the first is the float32 reference
+    runs = {prec: {"precision": prec} for prec in PRECISIONS}
+    if args.method == "integrated_gradients":
+        runs = {k: v | {"n_steps": 50} for k, v in runs.items()}
+        runs[f"float32, {args.reference_steps} steps"] = {"precision": "float32", "n_steps": args.reference_steps}
+    rows = {name: {"conservation": [], "conservation_abs": [], "pearson": [], "top10": [], "seconds": []}
+            for name in runs}
     if args.toy:
         model, _ = mlt.load_model(args.toy, device=args.device, dtype=getattr(torch, args.dtype))
         task = args.toy.split("/")[-1].split("-")[0]  # toy/needle-mamba2 -> needle
@@ -54,32 +66,34 @@ def main():
         label = f"{args.arch} {args.size} {args.dtype}, T={args.length}, random inputs"
     for ids, target in inputs:
         out = {}
-        for prec in PRECISIONS:
+        for name, kwargs in runs.items():
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            e = mlt.explain(model, ids, target=target, precision=prec)
+            e = mlt.explain(model, ids, target=target, method=args.method, **kwargs)
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
-            rows[prec]["seconds"].append(time.perf_counter() - start)
-            out[prec] = e
+            rows[name]["seconds"].append(time.perf_counter() - start)
+            out[name] = e
         ref = out["float32"].relevance[0]
-        for prec, e in out.items():
+        for name, e in out.items():
             r = e.relevance[0]
-            rows[prec]["conservation"].append(float(e.conservation_error[0]))
-            rows[prec]["conservation_abs"].append(float((r.sum() - e.logit[0]).abs() / r.abs().sum()))
-            rows[prec]["pearson"].append(float(torch.corrcoef(torch.stack([r, ref]))[0, 1]))
+            goal = e.logit[0] - (0 if e.baseline_logit is None else e.baseline_logit[0])  # what sum R should equal
+            rows[name]["conservation"].append(float(e.conservation_error[0]))
+            rows[name]["conservation_abs"].append(float((r.sum() - goal).abs() / r.abs().sum()))
+            rows[name]["pearson"].append(float(torch.corrcoef(torch.stack([r, ref]))[0, 1]))
             k = min(10, r.numel())  # short inputs (sentiment) have fewer than 10 tokens
             top = lambda x: set(x.abs().topk(k).indices.tolist())  # noqa: E731
-            rows[prec]["top10"].append(len(top(r) & top(ref)) / k)
-    print(f"# {label}, {len(inputs)} inputs, device {args.device}")
-    print("| precision | |sum R - f| / |f| | |sum R - f| / sum |R| | Pearson vs float32 | top-10 overlap | s per explain |")
+            rows[name]["top10"].append(len(top(r) & top(ref)) / k)
+    f = "(f - f(b))" if args.method == "integrated_gradients" else "f"
+    print(f"# {args.method}, {label}, {len(inputs)} inputs, device {args.device}")
+    print(f"| precision | |sum R - {f}| / |{f}| | |sum R - {f}| / sum |R| | Pearson vs float32 | top-10 overlap | s per explain |")
     print("|---|---|---|---|---|---|")
     summary = {}
-    for prec, r in rows.items():
+    for name, r in rows.items():
         mean = {k: sum(v) / len(v) for k, v in r.items()}
-        summary[prec] = mean | {"max_conservation": max(r["conservation"])}
-        print(f"| {prec} | {mean['conservation']:.2e} (max {max(r['conservation']):.2e}) | {mean['conservation_abs']:.2e} "
+        summary[name] = mean | {"max_conservation": max(r["conservation"])}
+        print(f"| {name} | {mean['conservation']:.2e} (max {max(r['conservation']):.2e}) | {mean['conservation_abs']:.2e} "
               f"| {mean['pearson']:.4f} | {mean['top10']:.2f} | {mean['seconds']:.3f} |")
     if args.json:
         with open(args.json, "w") as f:

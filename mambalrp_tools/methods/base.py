@@ -126,17 +126,27 @@ class Query:
         logits = self.head_logits(embeds, attention_mask)
         return _select(logits, target, contrast)
 
-    def resolve(self, rules: Rules | dict | None = None, grad: bool = False):
+    def resolve(self, rules: Rules | dict | None = None, grad: bool = False, baseline: torch.Tensor | None = None):
         """One forward (under `rules`): fixes `target` if it was None, sets `logit`.
 
-        With grad=True returns (embeds, f) with f differentiable w.r.t. embeds.
+        With grad=True returns (embeds, f) with f differentiable w.r.t. embeds. With `baseline`
+        embeddings (shaped like the input's, no grad) the same forward also sets `baseline_logit`, f at
+        the baseline: one batch of two, where two forwards of a short input would each be bound by
+        launch latency on a GPU.
         """
         embeds = self.embeddings().requires_grad_(grad)
+        both, mask = embeds, self.attention_mask
+        if baseline is not None:
+            both = torch.cat([embeds, baseline])
+            mask = None if mask is None else mask.repeat(2, 1)
         with self.patched(rules), (contextlib.nullcontext() if grad else torch.no_grad()):
-            logits = self.head_logits(embeds, self.attention_mask)
+            logits = self.head_logits(both, mask)
+            n = embeds.shape[0]
             if self.target is None:
-                self.target = logits.detach().argmax(-1)
-            f = _select(logits, self.target, self.contrast)
+                self.target = logits[:n].detach().argmax(-1)
+            f = _select(logits[:n], self.target, self.contrast)
+            if baseline is not None:
+                self.baseline_logit = _select(logits[n:], self.target, self.contrast).detach().float().cpu()
         self.logit = f.detach().float().cpu()
         return embeds, f
 

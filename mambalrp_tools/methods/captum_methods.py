@@ -66,19 +66,17 @@ def integrated_gradients(query, n_steps: int = 50, baseline="zero", baseline_tok
         "auto" (default) sizes it to the model, the input length and the device (see `auto_batch`),
         None runs all at once; Captum runs at least one step of every sample together (B points).
     """
-    query.resolve()
+    embeds = query.embeddings()
+    base = baseline_embeddings(query.model, query.input_ids, embeds, baseline, baseline_token_id)
+    query.resolve(baseline=base)  # the completeness target is f(x) - f(baseline)
     if internal_batch_size == "auto":
         batch = query.input_ids.shape[0]
         internal_batch_size = max(batch, auto_batch(query, int(n_steps) * batch))
-    embeds = query.embeddings()
-    base = baseline_embeddings(query.model, query.input_ids, embeds, baseline, baseline_token_id)
     with query.patched(Rules.none()):
         attr = IntegratedGradients(query.forward_func).attribute(
             embeds.requires_grad_(), baselines=base, additional_forward_args=query.forward_args,
             n_steps=int(n_steps), method=method, internal_batch_size=internal_batch_size,
         )
-        with torch.no_grad():  # the completeness target is f(x) - f(baseline)
-            query.baseline_logit = query.forward_func(base, *query.forward_args).float().cpu()
     return attr.sum(-1)
 
 
