@@ -183,7 +183,8 @@ def parser():
     p.add_argument("--checkpoint", default="auto", help="auto | off | device | cpu (explain's layer recomputation)")
     p.add_argument("--timeout", type=int, default=1800)
     p.add_argument("--json", help="also write the rows to this file")
-    p.add_argument("--paired", action="store_true", help="also time each method and HF forward alternately in one process")
+    p.add_argument("--paired", action="store_true",
+                   help="also time each method and HF forward alternately in one process")
     p.add_argument("--worker", choices=REFERENCES + tuple(METHODS) + tuple(f"paired:{m}" for m in METHODS),
                    help=argparse.SUPPRESS)
     return p
@@ -223,9 +224,8 @@ def main():
                 continue
             pr = measure(f"paired:{name}", T, args)
             rows.append({"T": T, "batch": args.batch, "method": f"paired:{name}", "result": pr})
-            print(f"# paired in one process, T={T}: {name} / HF fwd = "
-                  + (f"{pr['ratio']:.2f}x ({pr['seconds']:.3g} s / {pr['hf_seconds']:.3g} s)" if "ratio" in pr else pr["error"]),
-                  flush=True)
+            timing = f"{pr['ratio']:.2f}x ({pr['seconds']:.3g} s / {pr['hf_seconds']:.3g} s)" if "ratio" in pr else pr["error"]
+            print(f"# paired in one process, T={T}: {name} / HF fwd = {timing}", flush=True)
     timed = [(r["T"], r["result"]["seconds"]) for r in rows if r["method"] == "mambalrp" and "seconds" in r["result"]]
     for (t0, s0), (t1, s1) in zip(timed, timed[1:]):
         print(f"# mambalrp time grows {s1 / s0:.2f}x from T={t0} to T={t1} ({t1 / t0:g}x the tokens)")

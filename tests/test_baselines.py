@@ -124,6 +124,23 @@ def test_ig_token_baselines(model, ids):
     assert not torch.allclose(pad, mlt.explain(model, ids, target=3, method="ig", n_steps=64).relevance)
 
 
+@pytest.mark.timeout(60)
+def test_ig_logits_at_input_and_baseline_from_one_forward(model, ids):
+    """IG takes f(x) and f(baseline) from one forward of both (`Query.resolve(baseline=...)`): with
+    left padding, a contrast and a target chosen by argmax, each equals transformers' own forward."""
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    ig = mlt.explain(model, ids, attention_mask=mask, contrast=2, method="ig", n_steps=4, baseline=7)
+    target = ig.target
+    with torch.no_grad():
+        at_x = model(ids, attention_mask=mask).logits[:, -1]
+        at_b = model(torch.full_like(ids, 7), attention_mask=mask).logits[:, -1]
+    torch.testing.assert_close(target, at_x.argmax(-1))
+    rows = torch.arange(2)
+    torch.testing.assert_close(ig.logit, at_x[rows, target] - at_x[:, 2], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ig.baseline_logit, at_b[rows, target] - at_b[:, 2], rtol=1e-4, atol=1e-5)
+
+
 def test_ig_internal_batch_size(model, ids):
     """Chunking the path (as Captum does with internal_batch_size) changes nothing but memory, down to
     one path point per sample at a time (size 2 for these 2 samples)."""

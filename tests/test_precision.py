@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import mambalrp_tools as mlt
+from mambalrp_tools import tasks
 from conftest import MODEL_PRECISION_BOUND, assert_untouched, snapshot, tiny_model
 
 pytestmark = pytest.mark.timeout(120)
@@ -132,3 +133,55 @@ def test_precision_agreement_benchmark_on_a_trained_toy(tmp_path):
     assert summary["float32"]["max_conservation"] < 1e-5
     assert summary["model"]["conservation_abs"] < MODEL_PRECISION_BOUND
     assert summary["model"]["pearson"] > 0.9
+
+
+def test_precision_agreement_benchmark_for_integrated_gradients(tmp_path):
+    """precision_agreement.py --method integrated_gradients: completeness against f - f(baseline), and a
+    finer-integration row that moves the relevance (on a CPU tf32 is float32 itself)."""
+    import json
+    import pathlib
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    bench = pathlib.Path(__file__).parents[1] / "benchmarks"
+    out = tmp_path / "agreement.json"
+    subprocess.run([sys.executable, "precision_agreement.py", "--toy", "toy/sentiment", "--dtype", "float32",
+                    "--method", "integrated_gradients", "--samples", "1", "--reference-steps", "16", "--json", str(out)],
+                   cwd=bench, env=child_env(), check=True, capture_output=True, timeout=100)
+    summary = json.loads(out.read_text())["summary"]
+    assert list(summary) == ["float32", "tf32", "model", "float32, 16 steps"]
+    exact, finer = summary["float32"], summary["float32, 16 steps"]
+    assert exact["pearson"] == pytest.approx(1.0)
+    assert summary["tf32"] == pytest.approx(exact | {"seconds": summary["tf32"]["seconds"]})  # no TF32 off CUDA
+    model = mlt.load_model("toy/sentiment")[0]
+    ex = tasks.load("sentiment", 1, seed=0)[0]
+    ig = mlt.explain(model, ex.input_ids[None], target=ex.target, method="integrated_gradients")
+    assert exact["conservation"] == pytest.approx(float(ig.conservation_error[0]), rel=1e-4)  # against f - f(b)
+    assert finer["pearson"] < 0.9999 and finer["conservation"] != pytest.approx(exact["conservation"])
+
+
+def test_ig_completeness_benchmark_prints_one_row_per_model():
+    """benchmarks/ig_completeness.py: the path from the zero embedding ends at f(e), and the errors are
+    IG's own `conservation_error` for each baseline."""
+    import pathlib
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    bench = pathlib.Path(__file__).parents[1] / "benchmarks"
+    run = subprocess.run([sys.executable, "ig_completeness.py", "--toys", "toy/sentiment", "--samples", "1",
+                          "--steps", "8", "--baselines", "zero", "5"],
+                         cwd=bench, env=child_env(), check=True, capture_output=True, text=True, timeout=100)
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| toy/")]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    path = [float(v) for v in cells[1].split(",")]
+    assert path[0] == 0.0 and path[-1] == 1.0
+    model = mlt.load_model("toy/sentiment")[0]
+    ex = tasks.load("sentiment", 1, seed=0)[0]
+    for cell, baseline in zip(cells[2:], ("zero", 5)):
+        ig = mlt.explain(model, ex.input_ids[None], target=ex.target, method="ig", baseline=baseline, n_steps=8)
+        assert float(cell) == pytest.approx(float(ig.conservation_error[0]), abs=1e-3)
