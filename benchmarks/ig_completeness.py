@@ -18,6 +18,7 @@ import torch
 
 import mambalrp_tools as mlt
 from mambalrp_tools import tasks
+from mambalrp_tools.evaluation.forward import logits_at
 
 TOYS = ("toy/sentiment", "toy/needle", "toy/copying", "toy/bios")
 ALPHAS = (0.0, 1e-4, 1e-3, 1e-2, 0.1, 1.0)
@@ -42,9 +43,9 @@ def main():
         params = {"context_length": args.length} if task == "needle" else {}
         examples = tasks.load(task, args.samples, seed=0, **params)
         ex = examples[0]
-        emb = model.get_input_embeddings()(ex.input_ids[None]).detach()
         with torch.no_grad():
-            path = [float(model(inputs_embeds=a * emb).logits[0, -1, ex.target]) for a in ALPHAS]
+            emb = model.get_input_embeddings()(ex.input_ids[None])
+        path = [float(logits_at(model, None, inputs_embeds=a * emb)[0, ex.target]) for a in ALPHAS]
         errors = []
         for n in args.steps:
             for b in baselines:

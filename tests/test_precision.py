@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 import torch
 
@@ -114,11 +116,15 @@ def test_tf32_on_the_gpu(arch, dtype):
         assert float(torch.corrcoef(torch.stack([a, b]))[0, 1]) > 0.99
 
 
+#: stand-in mamba_ssm / causal_conv1d that refuse CPU tensors: a benchmark that ran transformers' own
+#: forward on a CPU model would fail where mamba-ssm is installed, and fails here too
+STANDINS = pathlib.Path(__file__).parent / "standin_kernels"
+
+
 def test_precision_agreement_benchmark_on_a_trained_toy(tmp_path):
     """benchmarks/precision_agreement.py --toy: an embedded trained model cast to bfloat16, on its own
     task; float32 agrees with itself and conserves, "model" conserves within its bound."""
     import json
-    import pathlib
     import subprocess
     import sys
 
@@ -127,7 +133,7 @@ def test_precision_agreement_benchmark_on_a_trained_toy(tmp_path):
     bench = pathlib.Path(__file__).parents[1] / "benchmarks"
     out = tmp_path / "agreement.json"
     subprocess.run([sys.executable, "precision_agreement.py", "--toy", "toy/bios", "--samples", "2", "--json", str(out)],
-                   cwd=bench, env=child_env(), check=True, capture_output=True, timeout=100)
+                   cwd=bench, env=child_env(STANDINS), check=True, capture_output=True, timeout=100)
     summary = json.loads(out.read_text())["summary"]
     assert summary["float32"]["pearson"] == pytest.approx(1.0) and summary["float32"]["top10"] == 1.0
     assert summary["float32"]["max_conservation"] < 1e-5
@@ -139,7 +145,6 @@ def test_precision_agreement_benchmark_for_integrated_gradients(tmp_path):
     """precision_agreement.py --method integrated_gradients: completeness against f - f(baseline), and a
     finer-integration row that moves the relevance (on a CPU tf32 is float32 itself)."""
     import json
-    import pathlib
     import subprocess
     import sys
 
@@ -149,7 +154,7 @@ def test_precision_agreement_benchmark_for_integrated_gradients(tmp_path):
     out = tmp_path / "agreement.json"
     subprocess.run([sys.executable, "precision_agreement.py", "--toy", "toy/sentiment", "--dtype", "float32",
                     "--method", "integrated_gradients", "--samples", "1", "--reference-steps", "16", "--json", str(out)],
-                   cwd=bench, env=child_env(), check=True, capture_output=True, timeout=100)
+                   cwd=bench, env=child_env(STANDINS), check=True, capture_output=True, timeout=100)
     summary = json.loads(out.read_text())["summary"]
     assert list(summary) == ["float32", "tf32", "model", "float32, 16 steps"]
     exact, finer = summary["float32"], summary["float32, 16 steps"]
@@ -165,7 +170,6 @@ def test_precision_agreement_benchmark_for_integrated_gradients(tmp_path):
 def test_ig_completeness_benchmark_prints_one_row_per_model():
     """benchmarks/ig_completeness.py: the path from the zero embedding ends at f(e), and the errors are
     IG's own `conservation_error` for each baseline."""
-    import pathlib
     import subprocess
     import sys
 
@@ -174,7 +178,7 @@ def test_ig_completeness_benchmark_prints_one_row_per_model():
     bench = pathlib.Path(__file__).parents[1] / "benchmarks"
     run = subprocess.run([sys.executable, "ig_completeness.py", "--toys", "toy/sentiment", "--samples", "1",
                           "--steps", "8", "--baselines", "zero", "5"],
-                         cwd=bench, env=child_env(), check=True, capture_output=True, text=True, timeout=100)
+                         cwd=bench, env=child_env(STANDINS), check=True, capture_output=True, text=True, timeout=100)
     rows = [line for line in run.stdout.splitlines() if line.startswith("| toy/")]
     assert len(rows) == 1
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
