@@ -15,8 +15,8 @@ Every measurement runs in a fresh worker process, so each peak memory (process R
 
 --paired adds, per length and method, the method / HF fwd with both run alternately in one process
 (the fastest of PAIRED_REPEATS each), which a machine shared with other jobs disturbs far less than
-separate workers. On a GPU it matters most for short inputs: a 1 x 1,024 forward is bound by launch
-latency and host speed, and measured 0.016 s in one call and 0.031 s in another on the same H200.
+separate workers. On a GPU it matters most for short inputs: their forward is bound by launch
+latency and host speed, which vary from call to call on one machine.
 """
 
 from __future__ import annotations

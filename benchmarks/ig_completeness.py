@@ -7,7 +7,7 @@ Per model: f(alpha e) along the straight path from the zero embedding (where the
 rises), and IG's completeness error |sum R - (f - f(b))| / |f - f(b)| for the zero baseline and
 for token baselines, averaged over `--samples` examples of the model's own task. With the zero
 baseline the path starts where every RMSNorm input is below its eps, so f(alpha e) jumps to about
-f(e) within alpha < 1e-3 and a 50-node quadrature integrates a near-step.
+f(e) over a short first stretch of the path and a 50-node quadrature integrates a near-step.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ def integrated_gradients(query, n_steps: int = 50, baseline="zero", baseline_tok
         None runs all at once; Captum runs at least one step of every sample together (B points).
 
     The zero baseline starts the path where every RMSNorm's input is below its eps: f(alpha x)
-    rises to about f(x) within the first thousandth of the path, so a 50-step quadrature integrates
+    rises to about f(x) over a short first stretch of the path, so a 50-step quadrature integrates
     a near-step and completeness can be far off. Check the result's `conservation_error`, or use a
     token baseline, whose path stays away from zero (README, "Integrated Gradients' integration error").
     """
