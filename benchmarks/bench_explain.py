@@ -213,15 +213,12 @@ def main():
     for T in args.lengths:
         ref = {k: None if (k == "hf_gxi" and T > args.hf_grad_max) or (k == "hf_forward" and T > args.hf_forward_max)
                else measure(k, T, args) for k in REFERENCES}
-        for name in args.methods:
-            if name != "mambalrp" and T > args.method_max:
-                continue
+        methods = [name for name in args.methods if name == "mambalrp" or T <= args.method_max]
+        for name in methods:
             r = {"T": T, "batch": args.batch, "method": name, "result": measure(name, T, args), **ref}
             rows.append(r)
             print("| " + " | ".join(str(c) for c in _cells(r)) + " |", flush=True)
-        for name in args.methods if args.paired else ():
-            if name != "mambalrp" and T > args.method_max:
-                continue
+        for name in methods if args.paired else ():
             pr = measure(f"paired:{name}", T, args)
             rows.append({"T": T, "batch": args.batch, "method": f"paired:{name}", "result": pr})
             timing = f"{pr['ratio']:.2f}x ({pr['seconds']:.3g} s / {pr['hf_seconds']:.3g} s)" if "ratio" in pr else pr["error"]

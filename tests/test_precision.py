@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import mambalrp_tools as mlt
 from mambalrp_tools import tasks
-from conftest import MODEL_PRECISION_BOUND, assert_untouched, snapshot, tiny_model
+from conftest import MODEL_PRECISION_BOUND, assert_untouched, child_env, snapshot, tiny_model
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -121,19 +124,18 @@ def test_tf32_on_the_gpu(arch, dtype):
 STANDINS = pathlib.Path(__file__).parent / "standin_kernels"
 
 
+def _benchmark(script, *args) -> str:
+    """Run benchmarks/`script` with `args` in a child process (stand-in kernels first); its stdout."""
+    bench = pathlib.Path(__file__).parents[1] / "benchmarks"
+    return subprocess.run([sys.executable, script, *map(str, args)], cwd=bench, env=child_env(STANDINS),
+                          check=True, capture_output=True, text=True, timeout=100).stdout
+
+
 def test_precision_agreement_benchmark_on_a_trained_toy(tmp_path):
     """benchmarks/precision_agreement.py --toy: an embedded trained model cast to bfloat16, on its own
     task; float32 agrees with itself and conserves, "model" conserves within its bound."""
-    import json
-    import subprocess
-    import sys
-
-    from conftest import child_env
-
-    bench = pathlib.Path(__file__).parents[1] / "benchmarks"
     out = tmp_path / "agreement.json"
-    subprocess.run([sys.executable, "precision_agreement.py", "--toy", "toy/bios", "--samples", "2", "--json", str(out)],
-                   cwd=bench, env=child_env(STANDINS), check=True, capture_output=True, timeout=100)
+    _benchmark("precision_agreement.py", "--toy", "toy/bios", "--samples", 2, "--json", out)
     summary = json.loads(out.read_text())["summary"]
     assert summary["float32"]["pearson"] == pytest.approx(1.0) and summary["float32"]["top10"] == 1.0
     assert summary["float32"]["max_conservation"] < 1e-5
@@ -144,17 +146,9 @@ def test_precision_agreement_benchmark_on_a_trained_toy(tmp_path):
 def test_precision_agreement_benchmark_for_integrated_gradients(tmp_path):
     """precision_agreement.py --method integrated_gradients: completeness against f - f(baseline), and a
     finer-integration row that moves the relevance (on a CPU tf32 is float32 itself)."""
-    import json
-    import subprocess
-    import sys
-
-    from conftest import child_env
-
-    bench = pathlib.Path(__file__).parents[1] / "benchmarks"
     out = tmp_path / "agreement.json"
-    subprocess.run([sys.executable, "precision_agreement.py", "--toy", "toy/sentiment", "--dtype", "float32",
-                    "--method", "integrated_gradients", "--samples", "1", "--reference-steps", "16", "--json", str(out)],
-                   cwd=bench, env=child_env(STANDINS), check=True, capture_output=True, timeout=100)
+    _benchmark("precision_agreement.py", "--toy", "toy/sentiment", "--dtype", "float32", "--method",
+               "integrated_gradients", "--samples", 1, "--reference-steps", 16, "--json", out)
     summary = json.loads(out.read_text())["summary"]
     assert list(summary) == ["float32", "tf32", "model", "float32, 16 steps"]
     exact, finer = summary["float32"], summary["float32, 16 steps"]
@@ -170,16 +164,9 @@ def test_precision_agreement_benchmark_for_integrated_gradients(tmp_path):
 def test_ig_completeness_benchmark_prints_one_row_per_model():
     """benchmarks/ig_completeness.py: the path from the zero embedding ends at f(e), and the errors are
     IG's own `conservation_error` for each baseline."""
-    import subprocess
-    import sys
-
-    from conftest import child_env
-
-    bench = pathlib.Path(__file__).parents[1] / "benchmarks"
-    run = subprocess.run([sys.executable, "ig_completeness.py", "--toys", "toy/sentiment", "--samples", "1",
-                          "--steps", "8", "--baselines", "zero", "5"],
-                         cwd=bench, env=child_env(STANDINS), check=True, capture_output=True, text=True, timeout=100)
-    rows = [line for line in run.stdout.splitlines() if line.startswith("| toy/")]
+    stdout = _benchmark("ig_completeness.py", "--toys", "toy/sentiment", "--samples", 1, "--steps", 8,
+                        "--baselines", "zero", 5)
+    rows = [line for line in stdout.splitlines() if line.startswith("| toy/")]
     assert len(rows) == 1
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     path = [float(v) for v in cells[1].split(",")]
